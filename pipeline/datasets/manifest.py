@@ -1,0 +1,120 @@
+"""Generic manifest adapter for other datasets (MAFW, FERV39k, your own).
+
+A CSV or Parquet file with one row per clip:
+
+    path                 video file or frame folder, relative to the manifest's directory
+    <class> x C          one column per class of `index.classes` (votes or probabilities)
+    clip_id (optional)   defaults to the path's stem
+    part | fold (opt.)   test fold 1..5 the clip belongs to (0 or empty = none)
+    label (optional)     0-based class index or class name; default: the unique argmax, else -1
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import IndexConfig
+from pipeline.datasets.dfew import FRAME_EXTENSIONS, VIDEO_EXTENSIONS
+from pipeline.datasets.records import IndexResult, check_votes, make_clip, make_reject
+from pipeline.errors import LayoutError
+
+__all__ = ["index_manifest"]
+
+logger = logging.getLogger(__name__)
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows as dicts; CSV cells stay text so ids like 00012 keep their zeros."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f))
+    raise LayoutError(f"manifest {path} must be a .csv or .parquet file")
+
+
+def _int_or_none(v: Any) -> int | None:
+    if v is None or str(v).strip() == "":
+        return None
+    s = str(v).strip()
+    if not re.fullmatch(r"-?\d+(\.0+)?", s):
+        raise ValueError(f"not an integer: {v!r}")
+    return int(float(s))
+
+
+def index_manifest(path: Path, cfg: IndexConfig) -> IndexResult:
+    """Manifest file -> clips and index rejects; sources are resolved beside the manifest."""
+    path = Path(path)
+    if not path.is_file():
+        raise LayoutError(f"manifest {path} does not exist")
+    rows = _read_rows(path)
+    if not rows:
+        raise LayoutError(f"manifest {path} has no rows")
+    cols = set(rows[0])
+    missing = [c for c in ("path", *cfg.classes) if c not in cols]
+    if missing:
+        raise LayoutError(
+            f"manifest {path} lacks columns {missing}; it needs 'path' and one column per class "
+            f"({', '.join(cfg.classes)}), optionally clip_id, part (or fold), label"
+        )
+    part_col = "part" if "part" in cols else ("fold" if "fold" in cols else None)
+    base = path.parent
+    result = IndexResult()
+    ids: dict[str, int] = {}
+    for row in rows:
+        ids_key = str(row.get("clip_id") or Path(str(row["path"] or "")).stem)
+        ids[ids_key] = ids.get(ids_key, 0) + 1
+    for rownum, row in enumerate(rows, start=2):
+        rel = str(row["path"] or "").strip()
+        cid = str(row.get("clip_id") or Path(rel).stem).strip()
+        where = f"{path.name} row {rownum}"
+        if not cid:
+            result.rejects.append(make_reject("", rel, "index", f"{where}: no path or clip_id"))
+            continue
+        if ids.get(cid, 0) > 1:
+            result.rejects.append(make_reject(cid, rel, "index", f"{where}: duplicate clip id {cid!r}"))
+            continue
+        if re.search(r"[./\\\s]", cid):
+            result.rejects.append(
+                make_reject(cid, rel, "index", f"{where}: clip id {cid!r} has a dot, slash or space")
+            )
+            continue
+        try:
+            votes, soft = check_votes([row.get(c) for c in cfg.classes], len(cfg.classes))
+            part = _int_or_none(row.get(part_col)) if part_col else None
+        except ValueError as e:
+            result.rejects.append(make_reject(cid, rel, "index", f"{where}: {e}"))
+            continue
+        part = part or 0
+        if not 0 <= part <= 5:
+            result.rejects.append(make_reject(cid, rel, "index", f"{where}: part {part} not in 0..5"))
+            continue
+        src = base / rel
+        if src.is_file() and src.suffix.lower() in VIDEO_EXTENSIONS:
+            kind = "video"
+        elif src.is_dir() and any(p.suffix.lower() in FRAME_EXTENSIONS for p in src.iterdir()):
+            kind = "frames"
+        else:
+            result.rejects.append(make_reject(cid, rel, "index", f"{where}: no video file or frame folder at {rel}"))
+            continue
+        label = _label(row.get("label"), soft, cfg.classes)
+        # Sources are stored relative to the manifest's directory (the dataset root).
+        result.clips.append(make_clip(cid, rel, kind, votes, soft, label, part))
+    return result
+
+
+def _label(value: Any, soft: list[float], classes: tuple[str, ...]) -> int:
+    if value is not None and str(value).strip() != "":
+        s = str(value).strip()
+        if s in classes:
+            return classes.index(s)
+        if re.fullmatch(r"-?\d+", s) and -1 <= int(s) < len(classes):
+            return int(s)
+    top = max(soft)
+    return soft.index(top) if soft.count(top) == 1 else -1

@@ -1,0 +1,102 @@
+"""Decode stage: a clip's video (decord) or frame folder -> T frames, uint8 T x H x W x 3 RGB.
+
+Frames are picked by uniform segment sampling at segment centres, which is
+deterministic and, for clips shorter than T, repeats frames in order (nearest index)
+instead of padding with black or with frame 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import DecodeConfig
+from pipeline.datasets.dfew import FRAME_EXTENSIONS
+from pipeline.datasets.records import natural_key
+from pipeline.errors import ClipRejected
+
+__all__ = ["sample_indices", "decode_clip", "decode_video", "decode_frame_folder"]
+
+logger = logging.getLogger(__name__)
+
+
+def sample_indices(num_available: int, num_frames: int) -> np.ndarray:
+    """Centre of each of `num_frames` equal segments of [0, num_available): int64 [T]."""
+    assert num_available > 0, f"cannot sample {num_frames} frames from {num_available}"
+    t = np.arange(num_frames, dtype=np.float64)
+    idx = np.floor((t + 0.5) * num_available / num_frames).astype(np.int64)
+    return np.minimum(idx, num_available - 1)
+
+
+def _reduced_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(w, h) with the longest side <= max_side, aspect kept, even sizes for the decoder."""
+    if max_side == 0 or max(width, height) <= max_side:
+        return width, height
+    s = max_side / max(width, height)
+    return max(2, int(round(width * s / 2)) * 2), max(2, int(round(height * s / 2)) * 2)
+
+
+def decode_video(path: Path, clip_id: str, cfg: DecodeConfig) -> np.ndarray:
+    """Decode only the sampled frames, at reduced resolution when the video is large."""
+    import decord
+
+    try:
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        n = len(vr)
+        if n <= 0:
+            raise ClipRejected(clip_id, "decode", f"{path.name}: video has no frames")
+        h, w = vr[0].shape[:2]
+        rw, rh = _reduced_size(w, h, cfg.decode_max_side)
+        if (rw, rh) != (w, h):
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=rw, height=rh, num_threads=1)
+            n = min(n, len(vr))
+        frames = vr.get_batch(sample_indices(n, cfg.num_frames).tolist()).asnumpy()
+    except decord.DECORDError as e:
+        raise ClipRejected(clip_id, "decode", f"{path.name}: decord cannot decode it: {_first_line(e)}") from e
+    except (RuntimeError, IndexError, ValueError, OSError) as e:
+        raise ClipRejected(clip_id, "decode", f"{path.name}: {type(e).__name__}: {_first_line(e)}") from e
+    if frames.ndim != 4 or frames.shape[0] != cfg.num_frames or frames.shape[-1] != 3:
+        raise ClipRejected(clip_id, "decode", f"{path.name}: decoded shape {frames.shape} is not T x H x W x 3")
+    return np.ascontiguousarray(frames, dtype=np.uint8)
+
+
+def decode_frame_folder(path: Path, clip_id: str, cfg: DecodeConfig) -> np.ndarray:
+    """Read the sampled frames of a folder of images named in frame order (1.jpg, 00001_00001.jpg)."""
+    import cv2
+
+    files = sorted(
+        (p.name for p in path.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS), key=natural_key
+    ) if path.is_dir() else []
+    if not files:
+        raise ClipRejected(clip_id, "decode", f"{path}: no frame images ({', '.join(FRAME_EXTENSIONS)})")
+    frames: list[np.ndarray] = []
+    size: tuple[int, int] | None = None
+    for i in sample_indices(len(files), cfg.num_frames):
+        img = cv2.imread(str(path / files[i]), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ClipRejected(clip_id, "decode", f"{path / files[i]}: unreadable image")
+        if size is None:
+            size = _reduced_size(img.shape[1], img.shape[0], cfg.decode_max_side)
+        if (img.shape[1], img.shape[0]) != size:
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        frames.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    return np.stack(frames)
+
+
+def decode_clip(root: Path, clip: dict, cfg: DecodeConfig) -> np.ndarray:
+    """A clips-table row -> uint8 T x H x W x 3 RGB; raises ClipRejected(stage="decode")."""
+    path = Path(root) / clip["source"]
+    if clip["source_kind"] == "frames":
+        return decode_frame_folder(path, clip["clip_id"], cfg)
+    if not path.is_file():
+        raise ClipRejected(clip["clip_id"], "decode", f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise ClipRejected(clip["clip_id"], "decode", f"{path.name}: empty file (0 bytes)")
+    return decode_video(path, clip["clip_id"], cfg)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

@@ -1,0 +1,285 @@
+"""Write stage: the on-disk format, defined in one place (see FORMAT.md for an example).
+
+    <out>/index.json                     format version, full config, one entry per shard file
+    <out>/clips.parquet                  one row per indexed clip (status, face stats)
+    <out>/rejects.parquet                one row per clip that could not be processed
+    <out>/webdataset/part{P}-{NNNNNN}.tar  (+ .idx for DALI's fn.readers.webdataset)
+    <out>/parquet/part{P}-{NNNNNN}.parquet
+    <out>/_state/                        plan.json and one done-file per finished shard (resume)
+
+A sample is `<key>.frames.npy` (uint8 T x H x W x 3 RGB), `<key>.soft.npy` (float32 [C],
+sums to 1) and `<key>.json`. Every file is written under a temporary name and renamed
+when complete, and its bytes depend only on the plan and the samples: tar members are
+sorted with a fixed mtime/owner, JSON is dumped with sorted keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION",
+    "INDEX_NAME",
+    "CLIPS_NAME",
+    "REJECTS_NAME",
+    "STATE_DIR",
+    "FORMAT_DIRS",
+    "shard_name",
+    "sample_nbytes",
+    "plan_shards",
+    "encode_sample",
+    "tar_bytes",
+    "parquet_bytes",
+    "write_shard_files",
+    "atomic_write",
+    "read_index",
+    "write_index",
+    "write_clips_table",
+    "write_rejects_table",
+    "remove_temporaries",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_NAME = "index.json"
+CLIPS_NAME = "clips.parquet"
+REJECTS_NAME = "rejects.parquet"
+STATE_DIR = "_state"
+FORMAT_DIRS = {"webdataset": "webdataset", "parquet": "parquet"}
+_SUFFIX = {"webdataset": ".tar", "parquet": ".parquet"}
+_TMP = ".tmp"
+_TAR_MTIME = 0  # fixed, so the same samples give the same tar bytes
+
+
+def shard_name(part: int, index: int) -> str:
+    return f"part{part}-{index:06d}"
+
+
+def sample_nbytes(num_frames: int, frame_size: int, num_classes: int = 7) -> int:
+    """Upper estimate of one sample's bytes in a tar: frames + soft + json + 3 headers."""
+    return num_frames * frame_size * frame_size * 3 + 4 * num_classes + 3 * (512 + 512) + 2 * 128 + 512
+
+
+def plan_shards(clips: Iterable[dict[str, Any]], shard_size_mb: float, nbytes: int) -> list[dict[str, Any]]:
+    """Group clips by part (ascending), clip_id order inside a part, `samples_per_shard` each.
+
+    The plan depends only on the clips table and the config, never on worker timing:
+    a rejected clip leaves its shard one sample short, it does not move the boundary.
+    """
+    per_shard = max(1, int(shard_size_mb * 1e6) // nbytes)
+    by_part: dict[int, list[str]] = {}
+    for c in clips:
+        by_part.setdefault(int(c["part"]), []).append(c["clip_id"])
+    plan = []
+    for part in sorted(by_part):
+        ids = sorted(by_part[part])
+        for k, start in enumerate(range(0, len(ids), per_shard)):
+            plan.append({"name": shard_name(part, k), "part": part, "clip_ids": ids[start : start + per_shard]})
+    return plan
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_sample(key: str, frames: np.ndarray, soft: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+    """One sample as tar members plus the fields Parquet stores as columns."""
+    assert frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[-1] == 3, (
+        f"frames of {key} must be uint8 T x H x W x 3, got {frames.dtype} {frames.shape}"
+    )
+    soft = np.asarray(soft, dtype=np.float32)
+    assert abs(float(soft.sum()) - 1.0) < 1e-4, f"soft label of {key} sums to {soft.sum()}"
+    return {
+        "__key__": key,
+        "frames.npy": _npy(frames),
+        "soft.npy": _npy(soft),
+        "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
+        "meta": meta,
+        "soft": soft,
+    }
+
+
+def tar_bytes(samples: list[dict[str, Any]]) -> tuple[bytes, bytes]:
+    """(tar, DALI index) for encoded samples; the index is what `wds2idx` would write (v1.2)."""
+    buf = io.BytesIO()
+    lines = []
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for s in samples:
+            parts = []
+            for ext in ("frames.npy", "json", "soft.npy"):  # sorted member order
+                data = s[ext]
+                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
+                info.size = len(data)
+                info.mtime = _TAR_MTIME
+                info.mode = 0o444
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                offset_data = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
+                tar.addfile(info, io.BytesIO(data))
+                parts.append(f"{ext} {offset_data} {info.size} {info.name}")
+            lines.append(" ".join(parts))
+    idx = f"v1.2 {len(samples)}\n" + "".join(line + "\n" for line in lines)
+    return buf.getvalue(), idx.encode()
+
+
+def _sample_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([
+        ("key", pa.string()),
+        ("clip_id", pa.string()),
+        ("label", pa.int16()),
+        ("part", pa.int8()),
+        ("votes", pa.list_(pa.int32())),
+        ("soft", pa.list_(pa.float32())),
+        ("frames", pa.binary()),  # the same .npy bytes as the tar member
+        ("json", pa.string()),  # the whole sample json (mixed samples: sources and lam)
+    ])
+
+
+def parquet_bytes(samples: list[dict[str, Any]]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {
+            "key": s["__key__"],
+            "clip_id": s["meta"].get("clip_id"),
+            "label": s["meta"].get("label", -1),
+            "part": s["meta"].get("part", 0),
+            "votes": s["meta"].get("votes"),
+            "soft": s["soft"].tolist(),
+            "frames": s["frames.npy"],
+            "json": s["json"].decode(),
+        }
+        for s in samples
+    ]
+    table = pa.Table.from_pylist(rows, schema=_sample_schema())
+    buf = io.BytesIO()
+    pq.write_table(
+        table, buf, row_group_size=64, compression={"frames": "NONE", "key": "ZSTD", "clip_id": "ZSTD",
+        "label": "ZSTD", "part": "ZSTD", "votes": "ZSTD", "soft": "ZSTD", "json": "ZSTD"},
+        write_statistics=["key", "clip_id", "label", "part"],
+    )
+    return buf.getvalue()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to `<path>.tmp`, fsync, rename: nothing partial ever has the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + _TMP)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _entry(out: Path, rel: str, data: bytes, fmt: str, part: int, shard: str, samples: int) -> dict[str, Any]:
+    atomic_write(out / rel, data)
+    return {"path": rel, "format": fmt, "part": part, "shard": shard, "samples": samples,
+            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def write_shard_files(
+    out: Path, shard: str, part: int, samples: list[dict[str, Any]], formats: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Write one planned shard in every format; returns its index.json entries.
+
+    An empty shard (every clip rejected) writes no file and returns no entry.
+    """
+    entries: list[dict[str, Any]] = []
+    if not samples:
+        return entries
+    for fmt in formats:
+        rel = f"{FORMAT_DIRS[fmt]}/{shard}{_SUFFIX[fmt]}"
+        if fmt == "webdataset":
+            tar, idx = tar_bytes(samples)
+            idx_rel = f"{FORMAT_DIRS[fmt]}/{shard}.idx"
+            atomic_write(out / idx_rel, idx)  # the index first: a visible .tar always has its .idx
+            entry = _entry(out, rel, tar, fmt, part, shard, len(samples))
+            entry["idx"] = {"path": idx_rel, "bytes": len(idx), "sha256": hashlib.sha256(idx).hexdigest()}
+        else:
+            entry = _entry(out, rel, parquet_bytes(samples), fmt, part, shard, len(samples))
+        entries.append(entry)
+    return entries
+
+
+def read_index(out: Path) -> dict[str, Any] | None:
+    path = Path(out) / INDEX_NAME
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def write_index(out: Path, doc: dict[str, Any]) -> None:
+    doc = dict(doc)
+    doc["shards"] = sorted(doc["shards"], key=lambda e: (e["format"], e["part"], e["path"]))
+    atomic_write(Path(out) / INDEX_NAME, (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode())
+
+
+def _table_bytes(rows: list[dict[str, Any]], schema: Any) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_clips_table(out: Path, rows: list[dict[str, Any]]) -> None:
+    """clips.parquet: one row per indexed clip, sorted by clip_id."""
+    import pyarrow as pa
+
+    schema = pa.schema([
+        ("clip_id", pa.string()),
+        ("source", pa.string()),
+        ("source_kind", pa.string()),
+        ("votes", pa.list_(pa.int32())),
+        ("soft", pa.list_(pa.float32())),
+        ("label", pa.int16()),  # 0-based class index, -1 = not single-labelled
+        ("part", pa.int8()),  # DFEW test fold 1..5 the clip belongs to, 0 = none
+        ("status", pa.string()),  # written | rejected
+        ("shard", pa.string()),  # planned shard name
+        ("face_tried", pa.int16()),  # frames run through the detector
+        ("face_frames", pa.int16()),  # of those, frames with a face
+        ("face_score", pa.float32()),  # mean detection score over face_frames (NaN: no detector)
+    ])
+    keys = [f.name for f in schema]
+    rows = sorted(rows, key=lambda r: r["clip_id"])
+    atomic_write(Path(out) / CLIPS_NAME, _table_bytes([{k: r.get(k) for k in keys} for r in rows], schema))
+
+
+def write_rejects_table(out: Path, rows: list[dict[str, Any]]) -> None:
+    """rejects.parquet: clip_id, source, stage (index|decode|align|write), error."""
+    import pyarrow as pa
+
+    schema = pa.schema([("clip_id", pa.string()), ("source", pa.string()), ("stage", pa.string()),
+                        ("error", pa.string())])
+    rows = sorted(rows, key=lambda r: (r["clip_id"], r["stage"], r["error"]))
+    atomic_write(Path(out) / REJECTS_NAME, _table_bytes(
+        [{k: r.get(k) for k in ("clip_id", "source", "stage", "error")} for r in rows], schema))
+
+
+def remove_temporaries(out: Path) -> int:
+    """Delete `*.tmp` files a killed run left behind; returns how many."""
+    n = 0
+    for d in (out, *(out / sub for sub in (*FORMAT_DIRS.values(), STATE_DIR))):
+        if d.is_dir():
+            for p in d.glob(f"*{_TMP}"):
+                p.unlink()
+                n += 1
+    return n
