@@ -28,6 +28,7 @@ __all__ = [
     "template",
     "estimate_transforms",
     "smooth_transforms",
+    "track_face",
     "align_frames",
 ]
 
@@ -157,17 +158,29 @@ def _to_matrix(p: np.ndarray) -> np.ndarray:
     return np.array([[a, -b, tx], [b, a, ty]], dtype=np.float64)
 
 
-def estimate_transforms(landmarks: list[np.ndarray | None], frame_size: int) -> list[np.ndarray | None]:
-    """Per frame: similarity params (a, b, tx, ty) mapping its landmarks to the template."""
+def estimate_transforms(
+    landmarks: list[np.ndarray | None], frame_size: int, eye_weight: int = 1
+) -> list[np.ndarray | None]:
+    """Per frame: similarity params (a, b, tx, ty) mapping its landmarks to the template.
+
+    A least-squares fit over the 5 points in which each eye counts `eye_weight` times:
+    a face whose proportions differ from the template then keeps its eyes on the
+    template's eyes and spreads the mismatch over nose and mouth.
+    """
     import cv2
 
     dst = template(frame_size)
+    dst_w = np.vstack([dst] + [dst[:2]] * (eye_weight - 1))
     out: list[np.ndarray | None] = []
     for lm in landmarks:
         if lm is None:
             out.append(None)
             continue
-        m, _ = cv2.estimateAffinePartial2D(lm.astype(np.float32), dst, method=cv2.LMEDS)
+        src = np.vstack([lm] + [lm[:2]] * (eye_weight - 1)).astype(np.float32)
+        # RANSAC with a threshold no point exceeds = a fit over all points, refined by
+        # Levenberg-Marquardt (LMEDS would fit a subset and ignore the rest).
+        m, _ = cv2.estimateAffinePartial2D(src, dst_w, method=cv2.RANSAC, ransacReprojThreshold=1e6,
+                                           refineIters=20)
         out.append(None if m is None else _to_params(m))
     return out
 
@@ -224,23 +237,16 @@ def _downscale(frames: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]), s
 
 
-def align_frames(
-    frames: np.ndarray, detector: Detector | None, cfg: AlignConfig, clip_id: str = ""
+def track_face(
+    frames: np.ndarray, detector: Detector, cfg: AlignConfig, clip_id: str = ""
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """uint8 T x H x W x 3 RGB -> (uint8 T x S x S x 3 RGB crops, face stats).
+    """Per-frame similarity transforms onto the S x S template: (float64 T x 2 x 3, face stats).
 
     Face stats: face_tried (frames run through the detector), face_frames (frames with
     a face), face_score (mean score over those). Raises ClipRejected(stage="align") when
     no frame has a face.
     """
-    import cv2
-
-    s = cfg.frame_size
     t_total = frames.shape[0]
-    if detector is None:  # already face-cropped: resize only
-        crops = np.stack([cv2.resize(f, (s, s), interpolation=cv2.INTER_AREA) for f in frames])
-        return crops, {"face_tried": 0, "face_frames": 0, "face_score": float("nan")}
-
     small, scale = _downscale(frames, cfg.detect_max_side)
     tried = np.zeros(t_total, dtype=bool)
     tried[:: cfg.detect_every] = True
@@ -258,19 +264,35 @@ def align_frames(
     if not found:
         raise ClipRejected(clip_id, "align", f"no face with score >= {cfg.min_score} in any of {t_total} frames")
     landmarks = [None if f is None else f.landmarks / scale for f in faces]
-    estimated = estimate_transforms(landmarks, s)
+    estimated = estimate_transforms(landmarks, cfg.frame_size, cfg.eye_weight)
     if all(p is None for p in estimated):
         raise ClipRejected(clip_id, "align", "no frame's landmarks give a similarity transform")
-    params = _fill(estimated, tried)
-    params = smooth_transforms(params, cfg.smooth_window)
-    crops = np.stack([
-        cv2.warpAffine(frames[t], _to_matrix(params[t]), (s, s), flags=cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-        for t in range(t_total)
-    ])
+    params = smooth_transforms(_fill(estimated, tried), cfg.smooth_window)
     stats = {
         "face_tried": int(tried.sum()),
         "face_frames": len(found),
         "face_score": float(np.mean([f.score for f in found])),
     }
+    return np.stack([_to_matrix(p) for p in params]), stats
+
+
+def align_frames(
+    frames: np.ndarray, detector: Detector | None, cfg: AlignConfig, clip_id: str = ""
+) -> tuple[np.ndarray, dict[str, float]]:
+    """uint8 T x H x W x 3 RGB -> (uint8 T x S x S x 3 RGB crops, face stats of track_face)."""
+    import cv2
+
+    s = cfg.frame_size
+    if detector is None:  # already face-cropped: resize only
+        crops = np.stack([cv2.resize(f, (s, s), interpolation=cv2.INTER_AREA) for f in frames])
+        return crops, {"face_tried": 0, "face_frames": 0, "face_score": float("nan")}
+    matrices, stats = track_face(frames, detector, cfg, clip_id)
+    try:
+        crops = np.stack([
+            cv2.warpAffine(f, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                           borderValue=(0, 0, 0))
+            for f, m in zip(frames, matrices, strict=True)
+        ])
+    except cv2.error as e:
+        raise ClipRejected(clip_id, "align", f"warpAffine failed: {str(e).strip().splitlines()[-1]}") from e
     return crops, stats

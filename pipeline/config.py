@@ -81,6 +81,7 @@ class AlignConfig:
     detect_max_side: int = 320  # detection runs on frames downscaled to this longest side (px)
     detect_every: int = 2  # run the detector on every k-th sampled frame, interpolate the rest
     min_score: float = 0.8  # detections below this confidence count as "no face"
+    eye_weight: int = 5  # each eye counts this often in the 5-point fit (1 = plain fit): eyes stay on the template
     smooth_window: int = 5  # centred moving average over per-frame transforms (frames; 1 = off)
     threads: int = 1  # intra-op threads per detector; several workers share a machine
 
@@ -90,6 +91,7 @@ class AlignConfig:
         _check_range("align.detect_max_side", self.detect_max_side, 64, 4096)
         _check_range("align.detect_every", self.detect_every, 1, 1024)
         _check_range("align.min_score", self.min_score, 0.0, 1.0)
+        _check_range("align.eye_weight", self.eye_weight, 1, 100)
         _check_range("align.smooth_window", self.smooth_window, 1, 1024)
         _check_range("align.threads", self.threads, 1, 256)
 

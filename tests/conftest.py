@@ -1,0 +1,60 @@
+"""Shared fixtures: one real local Ray per test session, one make-sample dataset, one build."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import BuildConfig, load_config
+
+SAMPLE_CLIPS = 24
+
+
+def _has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray, started once (ray.init costs seconds), listening on localhost."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory: pytest.TempPathFactory):
+    """A DFEW-layout dataset of real mp4 clips (make-sample)."""
+    from pipeline.sample import make_sample
+
+    return make_sample(tmp_path_factory.mktemp("sample") / "dfew", clips=SAMPLE_CLIPS, seed=0)
+
+
+def build_config(root: Path, out: Path, **overrides) -> BuildConfig:
+    return load_config(BuildConfig, None, {"dataset_root": str(root), "write.out": str(out), **overrides})
+
+
+@pytest.fixture(scope="session")
+def built(sample, ray_session, tmp_path_factory: pytest.TempPathFactory):
+    """build-shards over the sample with 2 workers, small shards so every part has several."""
+    from pipeline.build import build_shards
+
+    out = tmp_path_factory.mktemp("built") / "shards"
+    cfg = build_config(sample.root, out, **{"ray.workers": 2, "write.shard_size_mb": 2.0})
+    summary = build_shards(cfg)
+    return out, cfg, summary

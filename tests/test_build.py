@@ -1,0 +1,216 @@
+"""build-shards end to end on make-sample: real decord, real detector, real local Ray."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from conftest import build_config
+
+from pipeline.build import BuildError, build_shards
+from pipeline.cli import main
+from pipeline.write import read_index
+
+
+def _shard_files(out: Path) -> dict[str, bytes]:
+    files = sorted([*out.glob("webdataset/*"), *out.glob("parquet/*"), out / "clips.parquet",
+                    out / "rejects.parquet"])
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in files}
+
+
+def _tar_samples(path: Path) -> list[dict]:
+    samples: dict[str, dict] = {}
+    with tarfile.open(path) as tar:
+        for m in tar.getmembers():
+            key, ext = m.name.split(".", 1)
+            data = tar.extractfile(m).read()
+            value = json.loads(data) if ext == "json" else np.load(io.BytesIO(data), allow_pickle=False)
+            samples.setdefault(key, {"__key__": key})[ext] = value
+    return list(samples.values())
+
+
+def test_every_sample_has_the_right_shape_and_soft_label(built, sample):
+    out, cfg, summary = built
+    clips = {r["clip_id"]: r for r in pq.read_table(out / "clips.parquet").to_pylist()}
+    n = 0
+    for tar in sorted(out.glob("webdataset/*.tar")):
+        part = int(tar.name[4])
+        for s in _tar_samples(tar):
+            n += 1
+            assert s["frames.npy"].dtype == np.uint8 and s["frames.npy"].shape == (16, 112, 112, 3)
+            assert s["soft.npy"].dtype == np.float32 and s["soft.npy"].shape == (7,)
+            assert abs(float(s["soft.npy"].sum()) - 1) < 1e-6
+            meta = s["json"]
+            votes = np.array(meta["votes"], dtype=np.float64)
+            assert np.allclose(s["soft.npy"], votes / votes.sum(), atol=1e-7)  # soft = votes / sum
+            assert meta["part"] == part == clips[meta["clip_id"]]["part"]  # shards are grouped by part
+            assert meta["clip_id"] == s["__key__"] and clips[meta["clip_id"]]["status"] == "written"
+    assert n == summary.written > 0
+
+
+def test_rejects_name_the_stage(built, sample):
+    out, _, summary = built
+    rejects = {r["clip_id"]: r for r in pq.read_table(out / "rejects.parquet").to_pylist()}
+    for cid in sample.no_face:
+        assert rejects[cid]["stage"] == "align" and "no face" in rejects[cid]["error"]
+    for cid in sample.corrupt:
+        assert rejects[cid]["stage"] == "decode" and rejects[cid]["error"]
+    clips = pq.read_table(out / "clips.parquet").to_pylist()
+    assert {c["clip_id"] for c in clips if c["status"] == "rejected"} == set(rejects)
+    assert summary.rejected.get("align", 0) == len(sample.no_face)
+    assert summary.rejected.get("decode", 0) == len(sample.corrupt)
+    written = [c for c in clips if c["status"] == "written"]
+    assert all(c["face_frames"] >= 1 and c["face_score"] > 0.8 for c in written)
+
+
+def test_index_json_lists_every_shard_with_sha256(built):
+    out, cfg, summary = built
+    index = read_index(out)
+    assert index["complete"] and index["format_version"] == 1
+    assert index["config"]["decode"]["num_frames"] == 16 and index["config"]["align"]["detector"] == "retinaface"
+    assert {e["format"] for e in index["shards"]} == {"webdataset", "parquet"}
+    for e in index["shards"]:
+        data = (out / e["path"]).read_bytes()
+        assert len(data) == e["bytes"] and hashlib.sha256(data).hexdigest() == e["sha256"]
+        assert e["path"].split("/")[-1].startswith(f"part{e['part']}-")
+    tars = [e for e in index["shards"] if e["format"] == "webdataset"]
+    assert sum(e["samples"] for e in tars) == summary.written
+    assert len({e["part"] for e in tars}) >= 4 and summary.shards > len({e["part"] for e in tars})
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_one_and_two_workers_write_identical_shards(built, sample, ray_session, tmp_path):
+    out2, _, _ = built
+    cfg = build_config(sample.root, tmp_path / "w1", **{"ray.workers": 1, "write.shard_size_mb": 2.0})
+    build_shards(cfg)
+    a, b = _shard_files(out2), _shard_files(tmp_path / "w1")
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+
+
+def test_rerun_resumes_and_config_change_is_refused(built, sample, ray_session):
+    out, cfg, _ = built
+    before = _shard_files(out)
+    again = build_shards(cfg)
+    assert again.processed == 0 and again.shards_resumed == len(json.loads((out / "_state/plan.json").read_text())
+                                                               ["shards"])
+    assert _shard_files(out) == before
+    other = build_config(sample.root, out, **{"ray.workers": 2, "write.shard_size_mb": 2.0,
+                                              "decode.num_frames": 8})
+    with pytest.raises(BuildError, match=r"another config \(decode.num_frames: 16 on disk, 8 now\).*--overwrite"):
+        build_shards(other)
+
+
+def test_killed_build_resumes_to_the_same_shards(built, sample, ray_session, tmp_path):
+    """kill -9 the CLI after its first shard, re-run: the same bytes as an uninterrupted build."""
+    out_ref = built[0]
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pipeline.cli", "build-shards", str(sample.root), "--out", str(out),
+           "--workers", "2", "--shard-size-mb", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(list((out / "_state").glob("part*.json"))) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and every worker
+    proc.wait()
+    done = len(list((out / "_state").glob("part*.json")))
+    planned = len(json.loads((out_ref / "_state/plan.json").read_text())["shards"])
+    assert 0 < done < planned, f"kill landed after {done} of {planned} shards"
+    cfg = build_config(sample.root, out, **{"ray.workers": 2, "write.shard_size_mb": 2.0})
+    summary = build_shards(cfg)
+    assert summary.shards_resumed == done
+    a, b = _shard_files(out_ref), _shard_files(out)
+    assert [k for k in a if a.get(k) != b.get(k)] == [] and a.keys() == b.keys()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_read_back_with_webdataset_library(built):
+    import webdataset as wds
+
+    out, _, summary = built
+    urls = [str(p) for p in sorted(out.glob("webdataset/*.tar"))]
+    ds = wds.WebDataset(urls, shardshuffle=False).decode()
+    n = 0
+    for s in ds:
+        assert s["frames.npy"].shape == (16, 112, 112, 3) and s["frames.npy"].dtype == np.uint8
+        assert abs(float(s["soft.npy"].sum()) - 1) < 1e-6 and "clip_id" in s["json"]
+        n += 1
+    assert n == summary.written
+
+
+def test_read_back_with_dali_webdataset_reader_on_cpu(built):
+    from nvidia.dali import fn, pipeline_def
+
+    out, _, summary = built
+    tars = sorted(out.glob("webdataset/*.tar"))
+
+    @pipeline_def(batch_size=4, num_threads=1, device_id=None)
+    def pipe():
+        frames, soft = fn.readers.webdataset(
+            paths=[str(p) for p in tars], index_paths=[str(p.with_suffix(".idx")) for p in tars],
+            ext=["frames.npy", "soft.npy"], missing_component_behavior="error", random_shuffle=False,
+            name="reader")
+        return fn.decoders.numpy(frames), fn.decoders.numpy(soft)
+
+    p = pipe()
+    p.build()
+    size = p.reader_meta("reader")["epoch_size"]
+    assert size == summary.written
+    seen = 0
+    while seen < size:
+        frames, soft = p.run()
+        for i in range(len(frames)):
+            f, s = np.array(frames[i]), np.array(soft[i])
+            assert f.shape == (16, 112, 112, 3) and f.dtype == np.uint8 and abs(s.sum() - 1) < 1e-6
+        seen += len(frames)
+
+
+def test_read_back_with_pyarrow(built):
+    out, _, summary = built
+    table = pq.read_table(sorted(out.glob("parquet/*.parquet")))
+    assert table.num_rows == summary.written
+    row = table.slice(0, 1).to_pylist()[0]
+    frames = np.load(io.BytesIO(row["frames"]), allow_pickle=False)
+    assert frames.shape == (16, 112, 112, 3) and abs(sum(row["soft"]) - 1) < 1e-6
+    assert json.loads(row["json"])["clip_id"] == row["clip_id"] == row["key"]
+
+
+def test_every_clip_rejected_is_fatal(sample, ray_session, tmp_path):
+    classes = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
+    manifest = tmp_path / "m.csv"
+    lines = [",".join(["path", *classes])]
+    lines += [f"{sample.root / 'Clip/original' / (cid + '.mp4')},1,0,0,0,0,0,0" for cid in sample.no_face]
+    manifest.write_text("\n".join(lines) + "\n")
+    cfg = build_config(manifest, tmp_path / "out", **{"ray.workers": 2})
+    with pytest.raises(BuildError, match=r"no clip could be written: rejected by stage .*'align': "):
+        build_shards(cfg)
+    assert pq.read_table(tmp_path / "out/rejects.parquet").num_rows == len(sample.no_face)
+
+
+def test_cli_summary_and_exit_codes(sample, ray_session, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["build-shards", str(sample.root), "--out", str(tmp_path / "s"), "--limit", "4",
+                               "--format", "parquet", "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert "clips written" in res.output and "rejected by stage" in res.output and "clips/s" in res.output
+    assert not (tmp_path / "s/webdataset").exists() and list((tmp_path / "s/parquet").glob("*.parquet"))
+    res = runner.invoke(main, ["build-shards", str(tmp_path), "--out", str(tmp_path / "t")])
+    assert res.exit_code != 0 and "not a recognised DFEW copy" in res.output
+    res = runner.invoke(main, ["build-shards", str(sample.root), "--num-frames", "0"])
+    assert res.exit_code == 2 and "decode.num_frames=0 is out of range" in res.output

@@ -1,0 +1,64 @@
+import pytest
+
+from pipeline.config import BuildConfig, ConfigError, MixConfig, config_to_dict, load_config, parse_set
+
+
+def test_defaults_match_dfew_protocol():
+    cfg = load_config(BuildConfig)
+    assert cfg.decode.num_frames == 16 and cfg.align.frame_size == 112
+    assert cfg.align.detector == "retinaface" and cfg.write.format == "both"
+    assert load_config(MixConfig).alpha == 0.8
+
+
+def test_yaml_then_cli_precedence(tmp_path):
+    y = tmp_path / "b.yaml"
+    y.write_text("decode:\n  num_frames: 8\nalign:\n  frame_size: 224\n")
+    cfg = load_config(BuildConfig, y, {"decode.num_frames": 4, "align.detector": None})
+    assert cfg.decode.num_frames == 4  # CLI wins over YAML
+    assert cfg.align.frame_size == 224  # YAML wins over defaults
+    assert cfg.align.detector == "retinaface"  # None = not given
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    y = tmp_path / "b.yaml"
+    y.write_text("decode:\n  num_frame: 8\n")
+    with pytest.raises(ConfigError, match=r"unknown config key decode\.num_frame.*num_frames"):
+        load_config(BuildConfig, y)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("decode.num_frames", "16", r"decode\.num_frames='16' has the wrong type"),
+        ("decode.num_frames", 0, r"decode\.num_frames=0 is out of range"),
+        ("align.frame_size", 4096, r"align\.frame_size=4096 is out of range"),
+        ("align.detector", "yunet", r"align\.detector='yunet' is not allowed.*retinaface"),
+        ("write.format", "zip", r"write\.format='zip'"),
+        ("write.overwrite", 1, r"write\.overwrite=1 has the wrong type"),
+    ],
+)
+def test_bad_values_name_field_value_and_allowed(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(BuildConfig, None, {key: value})
+
+
+def test_mix_config_validation():
+    with pytest.raises(ConfigError, match="alpha"):
+        load_config(MixConfig, None, {"alpha": 0.0})
+    with pytest.raises(ConfigError, match="copies"):
+        load_config(MixConfig, None, {"copies": 0})
+
+
+def test_parse_set_yaml_scalars():
+    assert parse_set(["align.detect_every=4", "write.format=parquet", "index.classes=[a, b]"]) == {
+        "align.detect_every": 4, "write.format": "parquet", "index.classes": ["a", "b"]}
+    with pytest.raises(ConfigError, match="section.field=value"):
+        parse_set(["nonsense"])
+
+
+def test_config_round_trips_through_dict():
+    cfg = load_config(BuildConfig, None, {"align.frame_size": 224})
+    again = load_config(BuildConfig, None, {})
+    d = config_to_dict(cfg)
+    assert d["align"]["frame_size"] == 224 and isinstance(d["index"]["classes"], list)
+    assert cfg.output_config() != again.output_config()

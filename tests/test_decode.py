@@ -1,0 +1,101 @@
+"""Decode stage on real mp4 files (decord) and real frame folders."""
+
+from __future__ import annotations
+
+import decord
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.config import DecodeConfig
+from pipeline.decode import decode_clip, sample_indices
+from pipeline.errors import ClipRejected
+
+
+@given(n=st.integers(1, 5000), t=st.integers(1, 64))
+def test_sample_indices_are_segment_centres(n, t):
+    idx = sample_indices(n, t)
+    assert idx.shape == (t,) and idx.dtype == np.int64
+    assert idx.min() >= 0 and idx.max() <= n - 1
+    assert np.all(np.diff(idx) >= 0)  # in order, never shuffled
+    if n >= t:
+        assert np.all(np.diff(idx) > 0)  # no repeats when there are enough frames
+    expected = np.floor((np.arange(t) + 0.5) * n / t).astype(np.int64)
+    assert np.array_equal(idx, np.minimum(expected, n - 1))
+
+
+def test_short_clip_repeats_frames_in_order_never_black():
+    # 12 frames -> 16: nearest-index resampling, first frame not padded in front.
+    idx = sample_indices(12, 16)
+    assert idx.tolist() == [0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9, 10, 11, 11]
+
+
+def _clip(sample, cid: str, kind: str = "video") -> dict:
+    src = f"Clip/original/{cid}.mp4" if kind == "video" else f"Clip/clip_224x224/{cid}"
+    return {"clip_id": cid, "source": src, "source_kind": kind}
+
+
+def test_decode_real_video_shape_dtype(sample):
+    frames = decode_clip(sample.root, _clip(sample, "00001"), DecodeConfig())
+    assert frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[0] == 16 and frames.shape[-1] == 3
+    vr = decord.VideoReader(str(sample.root / "Clip/original/00001.mp4"))
+    h, w = vr[0].shape[:2]
+    s = min(1.0, 640 / max(h, w))
+    assert abs(frames.shape[1] - h * s) <= 2 and abs(frames.shape[2] - w * s) <= 2
+    assert frames.std() > 5  # real picture content, not a blank
+
+
+def test_short_video_is_resampled_from_its_own_frames(sample):
+    path = sample.root / "Clip/original/00003.mp4"
+    vr = decord.VideoReader(str(path))
+    n = len(vr)
+    assert n < 16
+    cfg = DecodeConfig(decode_max_side=0)
+    frames = decode_clip(sample.root, _clip(sample, "00003"), cfg)
+    full = vr.get_batch(list(range(n))).asnumpy()
+    assert np.array_equal(frames, full[sample_indices(n, 16)])
+
+
+def test_reduced_resolution_decode(sample):
+    frames = decode_clip(sample.root, _clip(sample, "00001"), DecodeConfig(decode_max_side=160))
+    assert max(frames.shape[1:3]) <= 160
+
+
+def test_frame_folder_decode(sample):
+    frames = decode_clip(sample.root, _clip(sample, "00002", "frames"), DecodeConfig())
+    assert frames.shape == (16, 224, 224, 3) and frames.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [(b"", "empty file"), (b"this is a text file, not a video\n" * 20, "decord cannot decode|Error")],
+    ids=["zero-byte", "text-as-mp4"],
+)
+def test_unreadable_files_are_rejected_at_decode(tmp_path, content, match):
+    (tmp_path / "Clip/original").mkdir(parents=True)
+    (tmp_path / "Clip/original/00042.mp4").write_bytes(content)
+    with pytest.raises(ClipRejected, match=match) as e:
+        decode_clip(tmp_path, {"clip_id": "00042", "source": "Clip/original/00042.mp4", "source_kind": "video"},
+                    DecodeConfig())
+    assert e.value.stage == "decode" and "00042.mp4" in e.value.reason
+
+
+def test_corrupt_sample_clip_is_rejected(sample):
+    cid = sample.corrupt[0]
+    with pytest.raises(ClipRejected) as e:
+        decode_clip(sample.root, _clip(sample, cid), DecodeConfig())
+    assert e.value.stage == "decode"
+
+
+def test_frame_folder_with_unreadable_jpg(tmp_path):
+    d = tmp_path / "Clip/clip_224x224/00007"
+    d.mkdir(parents=True)
+    import cv2
+
+    for t in range(1, 5):
+        cv2.imwrite(str(d / f"{t}.jpg"), np.full((50, 50, 3), 100, np.uint8))
+    (d / "2.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ClipRejected, match=r"2\.jpg: unreadable image"):
+        decode_clip(tmp_path, {"clip_id": "00007", "source": "Clip/clip_224x224/00007", "source_kind": "frames"},
+                    DecodeConfig(num_frames=4))
