@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.align import align_frames, get_detector
+from pipeline.cluster import init_ray
 from pipeline.config import AlignConfig, BuildConfig, DecodeConfig, config_to_dict
 from pipeline.decode import decode_clip
 from pipeline.errors import ClipRejected
@@ -47,7 +47,7 @@ from pipeline.write import (
     write_shard_files,
 )
 
-__all__ = ["BuildError", "BuildSummary", "build_shards", "process_clip", "write_shard", "init_ray"]
+__all__ = ["BuildError", "BuildSummary", "build_shards", "process_clip", "write_shard"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,24 +102,6 @@ def write_shard(out: str, shard: dict[str, Any], clips: list[dict], results: lis
     return state
 
 
-def init_ray(address: str, workers: int) -> tuple[int, bool]:
-    """Join `address` (or RAY_ADDRESS) or start a local Ray on localhost; -> (workers, started)."""
-    import ray
-
-    started = False
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS", "")
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
-                     _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING)
-        started = True
-    if not workers:
-        workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return workers, started
-
-
 def _prepare_out(out: Path, cfg: BuildConfig) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -128,8 +110,8 @@ def _prepare_out(out: Path, cfg: BuildConfig) -> None:
         probe.unlink()
     except OSError as e:
         raise BuildError(f"output directory {out} is not writable: {e}") from e
-    if cfg.write.overwrite:
-        for name in (*FORMAT_DIRS.values(), STATE_DIR):
+    if cfg.write.overwrite:  # mixed/ was made from the old shards: it goes too
+        for name in (*FORMAT_DIRS.values(), STATE_DIR, "mixed"):
             shutil.rmtree(out / name, ignore_errors=True)
         for name in (INDEX_NAME, CLIPS_NAME, REJECTS_NAME):
             (out / name).unlink(missing_ok=True)

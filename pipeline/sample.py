@@ -10,13 +10,16 @@ with a slowly drifting pose so that a face detector sees a "moving head".
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import multiprocessing
 import os
 import re
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -98,6 +101,7 @@ def _feather(h: int, w: int, frac: float = 0.12) -> np.ndarray:
     return (a * a * (3 - 2 * a)).astype(np.float32)  # smoothstep
 
 
+@functools.cache
 def _load_sources() -> dict[str, _Source]:
     """Face source = generous crop around the astronaut's face; others = whole photo."""
     img = skimage.data.astronaut()
@@ -266,15 +270,29 @@ def _render(spec: _ClipSpec, src: _Source) -> Iterator[tuple[np.ndarray, np.ndar
                 borderMode=cv2.BORDER_TRANSPARENT,
             )
 
-        side = 1.5 * scale * max(bw, bh)
-        # Keep the window inside the frame when it fits (still contains the whole
-        # face), so crops show no black bars; otherwise stay centred and pad.
-        ox = min(max(cx - side / 2, 0.0), spec.width - side) if side <= spec.width else cx - side / 2
-        oy = min(max(cy - side / 2, 0.0), spec.height - side) if side <= spec.height else cy - side / 2
+        yield cv2.cvtColor(frame, cv2.COLOR_RGBA2YUV_I420), _face_crop(frame, 1.5 * scale * max(bw, bh), cx, cy)
+
+
+def _face_crop(frame: np.ndarray, side: float, cx: float, cy: float) -> np.ndarray:
+    """224x224 BGR crop of a `side`-pixel square around (cx, cy).
+
+    The window is shifted to stay inside the frame when it fits (it still holds
+    the whole face), so crops show no black bars; it is cut out and resized
+    with INTER_AREA, which warpAffine cannot do, to avoid aliasing when big
+    faces are shrunk.  A window larger than the frame is centred and padded.
+    """
+    h, w = frame.shape[:2]
+    n = int(round(side))
+    if n <= min(w, h):
+        x = min(max(int(round(cx - side / 2)), 0), w - n)
+        y = min(max(int(round(cy - side / 2)), 0), h - n)
+        interp = cv2.INTER_AREA if n > CROP_SIZE else cv2.INTER_LINEAR
+        crop = cv2.resize(frame[y : y + n, x : x + n], (CROP_SIZE, CROP_SIZE), interpolation=interp)
+    else:
         k = CROP_SIZE / side
-        crop_m = np.array([[k, 0, -k * ox], [0, k, -k * oy]])
-        crop = cv2.warpAffine(frame, crop_m, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_AREA, borderValue=(0, 0, 0, 255))
-        yield cv2.cvtColor(frame, cv2.COLOR_RGBA2YUV_I420), cv2.cvtColor(crop, cv2.COLOR_RGBA2BGR)
+        m = np.array([[k, 0, CROP_SIZE / 2 - k * cx], [0, k, CROP_SIZE / 2 - k * cy]])
+        crop = cv2.warpAffine(frame, m, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 255))
+    return cv2.cvtColor(crop, cv2.COLOR_RGBA2BGR)
 
 
 def _write_clip(spec: _ClipSpec, src: _Source, frame_dir: Path | None) -> bytes:
@@ -405,22 +423,64 @@ def _split_csv(rows: list[tuple[int, int]]) -> bytes:
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (respects affinity / container cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _init_worker() -> None:
+    """Worker processes already give one clip per core; OpenCV's own pool would oversubscribe."""
+    cv2.setNumThreads(1)
+
+
+def _make_clip(out_dir: Path, number: int, seed: int, source: str, truncate: bool, with_frames: bool) -> str:
+    """Render, encode and write one clip (video + optional frame folder); runs in a worker.
+
+    Returns a one-line description for the parent to log, so that log lines
+    come from one process, in completion order.
+    """
+    clip_id = f"{number:05d}"
+    src = _load_sources()[source]
+    spec = _draw_spec(number, seed, source, src.box)
+    frame_root = out_dir / "Clip" / f"clip_{CROP_SIZE}x{CROP_SIZE}"
+    tmp_frames = _fresh_dir(frame_root / f".{clip_id}.tmp") if with_frames else None
+    data = _write_clip(spec, src, tmp_frames)
+    if truncate:
+        data = data[:CORRUPT_BYTES]
+    _write_atomic(out_dir / "Clip" / "original" / f"{clip_id}.mp4", data)
+    if tmp_frames is not None:
+        _swap_dir(tmp_frames, frame_root / clip_id)
+    return (
+        f"clip {clip_id}: {spec.codec} {spec.width}x{spec.height} {spec.fps}fps "
+        f"{spec.frames} frames source={source}{' (truncated)' if truncate else ''}"
+    )
+
+
 def make_sample(
     out_dir: Path,
     clips: int = 60,
     seed: int = 0,
     with_frames: bool = True,
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> SampleSummary:
     """Write a DFEW-shaped sample of `clips` clips under `out_dir`.
 
-    Same (clips, seed) gives byte-identical files.  `progress(1)` is called
-    after each clip is written (fits ``tqdm.update``).  Clip 3 has exactly 12
-    frames, about 5% of the clips (at least 2) show no face, and the last
-    clip's mp4 is truncated to 300 bytes; all of them keep annotation rows.
+    Same (clips, seed) gives byte-identical files, whatever `workers` is: each
+    clip is drawn from its own (seed, clip number) generator.  `progress(1)` is
+    called after each clip is written (fits ``tqdm.update``).  Clips are
+    rendered in `workers` spawned processes (default: up to 4, one per core;
+    1 = in this process).  Clip 3 has exactly 12 frames, about 5% of the clips
+    (at least 2) show no face, and the last clip's mp4 is truncated to 300
+    bytes; all of them keep annotation rows.
     """
     if clips < MIN_CLIPS:
         raise ValueError(f"clips must be >= {MIN_CLIPS}, got {clips}")
+    if workers is None:
+        workers = min(4, _usable_cpus())
     out_dir = Path(out_dir)
     video_root = out_dir / "Clip" / "original"
     frame_root = out_dir / "Clip" / f"clip_{CROP_SIZE}x{CROP_SIZE}"
@@ -441,28 +501,38 @@ def make_sample(
     votes = [_draw_votes(rng, n in ambiguous) for n in range(1, clips + 1)]
     labels = [_label(v) for v in votes]
 
-    sources = _load_sources()
-    logger.info("writing %d-clip DFEW sample (seed %d) to %s", clips, seed, out_dir)
+    tasks = []
     for number in range(1, clips + 1):
-        clip_id = f"{number:05d}"
         if number in no_face_numbers:
             source = "coffee" if no_face_numbers.index(number) % 2 == 0 else "rocket"
         else:
             source = "face"
-        spec = _draw_spec(number, seed, source, sources[source].box)
-        tmp_frames = _fresh_dir(frame_root / f".{clip_id}.tmp") if with_frames else None
-        data = _write_clip(spec, sources[source], tmp_frames)
-        if number == corrupt_number:
-            data = data[:CORRUPT_BYTES]
-        _write_atomic(video_root / f"{clip_id}.mp4", data)
-        if tmp_frames is not None:
-            _swap_dir(tmp_frames, frame_root / clip_id)
-        logger.debug(
-            "clip %s: %s %dx%d %dfps %d frames source=%s",
-            clip_id, spec.codec, spec.width, spec.height, spec.fps, spec.frames, source,
-        )
-        if progress is not None:
-            progress(1)
+        tasks.append((out_dir, number, seed, source, number == corrupt_number, with_frames))
+
+    logger.info("writing %d-clip DFEW sample (seed %d, %d workers) to %s", clips, seed, workers, out_dir)
+    if workers <= 1:
+        for task in tasks:
+            logger.debug(_make_clip(*task))
+            if progress is not None:
+                progress(1)
+    else:
+        # fork: workers start instantly and, unlike spawn/forkserver, never re-run the
+        # caller's __main__ (so unguarded scripts and `python -` work).  Children only
+        # run numpy/OpenCV/PyAV code, so threads of the parent (tqdm monitor,
+        # onnxruntime pool) are not touched after the fork.
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+        with ProcessPoolExecutor(max_workers=min(workers, clips), mp_context=ctx, initializer=_init_worker) as pool:
+            futures = [pool.submit(_make_clip, *task) for task in tasks]
+            try:
+                for fut in as_completed(futures):
+                    logger.debug(fut.result())
+                    if progress is not None:
+                        progress(1)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
 
     _write_atomic(ann_dir / "annotation.xlsx", _annotation_xlsx(votes, labels))
 
@@ -484,6 +554,9 @@ def make_sample(
     )
     logger.info(
         "sample done: %d clips, %d single-labelled, no-face %s, corrupt %s",
-        clips, summary.single_labelled, summary.no_face, summary.corrupt,
+        clips,
+        summary.single_labelled,
+        summary.no_face,
+        summary.corrupt,
     )
     return summary

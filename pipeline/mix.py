@@ -1,0 +1,280 @@
+"""MIDAS: mixup for soft-labelled video (Kawamura et al., "MIDAS: Mixing Ambiguous Data
+with Soft Labels for Dynamic Facial Expression Recognition", WACV 2024, arXiv 2503.00202).
+
+    lam ~ Beta(alpha, alpha)
+    x~[t] = lam * x_i[t] + (1 - lam) * x_j[t]   for every frame t (one lam per pair)
+    y~    = lam * y_i    + (1 - lam) * y_j       (y = soft label, the vote histogram / votes)
+
+`sample_lam`, `mix_frames` and `mix_soft` are the numpy reference the DALI graph is tested
+against. `mix_offline` writes `copies` mixed samples per training clip of each fold to
+<shards>/mixed/fold{K}/, in the formats of the originals, resumable and byte-for-byte
+reproducible from the seed whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.cluster import init_ray
+from pipeline.config import MixConfig, RayConfig, config_to_dict
+from pipeline.read import SampleReader, ShardError, check_files, open_index
+from pipeline.write import (
+    FORMAT_DIRS,
+    FORMAT_VERSION,
+    INDEX_NAME,
+    STATE_DIR,
+    atomic_write,
+    encode_sample,
+    remove_temporaries,
+    sample_nbytes,
+    write_index,
+    write_shard_files,
+)
+
+__all__ = ["sample_lam", "mix_frames", "mix_soft", "pair_partners", "plan_mix", "mix_offline", "MixSummary"]
+
+logger = logging.getLogger(__name__)
+
+
+def sample_lam(rng: np.random.Generator, alpha: float, size: int) -> np.ndarray:
+    """lam ~ Beta(alpha, alpha), float64 [size]."""
+    return rng.beta(alpha, alpha, size=size)
+
+
+def mix_frames(a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
+    """uint8 T x H x W x 3 pair -> round(lam * a + (1 - lam) * b), one lam for every frame."""
+    assert a.shape == b.shape, f"cannot mix clips of shapes {a.shape} and {b.shape}"
+    lam32 = np.float32(lam)
+    out = lam32 * a.astype(np.float32) + (np.float32(1) - lam32) * b.astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def mix_soft(ya: np.ndarray, yb: np.ndarray, lam: float) -> np.ndarray:
+    """lam * ya + (1 - lam) * yb, computed in float64 and stored as float32."""
+    return (lam * ya.astype(np.float64) + (1.0 - lam) * yb.astype(np.float64)).astype(np.float32)
+
+
+def pair_partners(rng: np.random.Generator, clips: list[str], pool: list[str]) -> list[str]:
+    """A partner j != i from `pool` for every clip i of `clips` (a subset of pool).
+
+    One random permutation of the pool read as a single cycle: each clip's partner is the
+    next clip in the shuffled order. No clip is its own partner and no two clips of
+    `clips` share a partner.
+    """
+    assert len(pool) >= 2, f"need at least 2 clips to pair, got {len(pool)}"
+    order = [pool[k] for k in rng.permutation(len(pool))]
+    nxt = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}
+    return [nxt[c] for c in clips]
+
+
+def plan_mix(clips: list[dict[str, Any]], cfg: MixConfig, per_shard: int) -> dict[int, list[dict[str, Any]]]:
+    """{fold: planned shards}, each shard a list of pairs (i, j, lam, copy), from (seed, fold, copy).
+
+    Fold K's training clips are every written clip of parts other than K and 0; partners
+    come from them (plus part 0 with include_unassigned), never from part K.
+    """
+    folds = [cfg.fold] if cfg.fold else sorted({c["part"] for c in clips if c["part"] > 0})
+    plan: dict[int, list[dict[str, Any]]] = {}
+    for k in folds:
+        train = sorted(c["clip_id"] for c in clips if c["part"] not in (0, k))
+        pool = sorted(train + [c["clip_id"] for c in clips if c["part"] == 0]) if cfg.include_unassigned else train
+        if len(train) < 2:
+            raise ShardError(f"fold {k} has {len(train)} training clip(s); mixing needs at least 2")
+        shards = []
+        for copy in range(cfg.copies):
+            rng = np.random.default_rng([cfg.seed, k, copy])
+            partners = pair_partners(rng, train, pool)
+            lams = sample_lam(rng, cfg.alpha, len(train))
+            pairs = [{"i": i, "j": j, "lam": float(lam), "copy": copy} for i, j, lam in zip(train, partners, lams,
+                                                                                       strict=True)]
+            for n, start in enumerate(range(0, len(pairs), per_shard)):
+                shards.append({"name": f"copy{copy}-{n:06d}", "fold": k, "copy": copy,
+                               "pairs": pairs[start : start + per_shard]})
+        plan[k] = shards
+    return plan
+
+
+def write_mixed_shard(shards: str, out: str, index: dict[str, Any], shard: dict[str, Any], seed: int,
+                      formats: tuple[str, ...]) -> dict[str, Any]:
+    """Mix one planned shard's pairs from the source shards and write it; returns its done-file."""
+    reader = SampleReader(shards, index)
+    samples = []
+    try:
+        for p in shard["pairs"]:
+            xa, ya, ma = reader.read(p["i"])
+            xb, yb, mb = reader.read(p["j"])
+            lam = p["lam"]
+            soft = mix_soft(ya, yb, lam)
+            key = f"{p['i']}_{p['j']}_c{p['copy']}"
+            meta = {"clip_id": key, "label": -1, "part": 0, "votes": None, "fold": shard["fold"],
+                    "copy": p["copy"], "seed": seed, "lam": lam,
+                    "sources": [{"clip_id": ma["clip_id"], "part": ma["part"], "weight": lam},
+                                {"clip_id": mb["clip_id"], "part": mb["part"], "weight": 1.0 - lam}]}
+            samples.append(encode_sample(key, mix_frames(xa, xb, lam), soft, meta))
+    finally:
+        reader.close()
+    entries = write_shard_files(Path(out), shard["name"], 0, samples, formats)
+    for e in entries:
+        e["fold"], e["copy"] = shard["fold"], shard["copy"]
+    state = {"shard": shard["name"], "entries": entries, "lams": [p["lam"] for p in shard["pairs"]]}
+    atomic_write(Path(out) / STATE_DIR / f"{shard['name']}.json", json.dumps(state, sort_keys=True).encode())
+    return state
+
+
+@dataclass
+class MixSummary:
+    out: str
+    folds: list[int] = field(default_factory=list)
+    samples: int = 0
+    shards: int = 0
+    shards_resumed: int = 0
+    bytes: int = 0  # bytes written this run
+    seconds: float = 0.0
+    lam_quantiles: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+def _fold_out(out: Path, fold: int) -> Path:
+    return out / f"fold{fold}"
+
+
+def mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> MixSummary:
+    """Write MIDAS-mixed copies of every fold's training set; resumes an interrupted run."""
+    t0 = time.perf_counter()
+    shards = Path(cfg.shards)
+    out = Path(cfg.out) if cfg.out else shards / "mixed"
+    index = open_index(shards)
+    if index.get("kind") != "clips":
+        raise ShardError(f"{shards} holds {index.get('kind')!r} shards; mix-offline mixes a build-shards output")
+    problems = check_files(shards, index["shards"], sha256=True)
+    if problems:
+        raise ShardError(f"{len(problems)} source shard problem(s), run `midas-prep verify {shards}`: "
+                         + "; ".join(problems[:5]))
+    import pyarrow.parquet as pq
+
+    clips = [c for c in pq.read_table(shards / "clips.parquet").to_pylist() if c["status"] == "written"]
+    sample_cfg = index["sample"]
+    per_shard = max(1, int(cfg.shard_size_mb * 1e6) // sample_nbytes(sample_cfg["num_frames"],
+                                                                     sample_cfg["frame_size"]))
+    plan = plan_mix(clips, cfg, per_shard)
+    summary = MixSummary(out=str(out), folds=sorted(plan))
+    total = sum(len(s["pairs"]) for shards_k in plan.values() for s in shards_k)
+
+    conf = config_to_dict(cfg) | {"source_index_sha256": _sha(index)}
+    todo: list[tuple[int, dict[str, Any]]] = []
+    states: dict[int, dict[str, dict]] = {}
+    for k, shards_k in plan.items():
+        fout = _fold_out(out, k)
+        if cfg.overwrite:
+            for name in (*FORMAT_DIRS.values(), STATE_DIR):
+                shutil.rmtree(fout / name, ignore_errors=True)
+            (fout / INDEX_NAME).unlink(missing_ok=True)
+        fout.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(fout)
+        _check_plan(fout, conf, shards_k)
+        states[k] = {}
+        for s in shards_k:
+            p = fout / STATE_DIR / f"{s['name']}.json"
+            if p.is_file():
+                st = json.loads(p.read_text())
+                if not check_files(fout, st["entries"], sha256=False):
+                    states[k][s["name"]] = st
+                    continue
+            todo.append((k, s))
+    summary.shards_resumed = sum(len(v) for v in states.values())
+
+    done = sum(len(s["pairs"]) for k, shards_k in plan.items() for s in shards_k if s["name"] in states[k])
+    if on_progress:
+        on_progress(done, total)
+    if todo:
+        import ray
+
+        workers, started = init_ray((ray_cfg or RayConfig()).address, (ray_cfg or RayConfig()).workers)
+        task = ray.remote(max_retries=3)(write_mixed_shard)
+        index_ref = ray.put(index)
+        pending: dict[Any, tuple[int, dict]] = {}
+        queue = list(todo)
+        try:
+            while queue or pending:
+                while queue and len(pending) < workers:
+                    k, s = queue.pop(0)
+                    ref = task.remote(str(shards.resolve()), str(_fold_out(out, k).resolve()), index_ref, s,
+                                      cfg.seed, cfg.formats)
+                    pending[ref] = (k, s)
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    k, s = pending.pop(ref)
+                    state = ray.get(ref)
+                    states[k][s["name"]] = state
+                    summary.bytes += sum(e["bytes"] + e.get("idx", {}).get("bytes", 0) for e in state["entries"])
+                    done += len(s["pairs"])
+                    if on_progress:
+                        on_progress(done, total)
+                    _write_fold_index(_fold_out(out, k), k, conf, states[k], complete=False, index=index)
+        except ray.exceptions.RayTaskError as e:
+            raise ShardError(f"a mix task failed; finished shards are kept and a re-run resumes: {e}") from e
+        finally:
+            if started:
+                ray.shutdown()
+
+    lams = []
+    for k in plan:
+        _write_fold_index(_fold_out(out, k), k, conf, states[k], complete=True, index=index)
+        lams += [lam for s in states[k].values() for lam in s["lams"]]
+        summary.shards += sum(1 for s in states[k].values() if s["entries"])
+    summary.samples = total
+    summary.lam_quantiles = {f"q{int(q * 100):02d}": float(np.quantile(lams, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _sha(index: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(index["shards"], sort_keys=True).encode()).hexdigest()
+
+
+def _check_plan(fout: Path, conf: dict[str, Any], shards: list[dict[str, Any]]) -> None:
+    path = fout / STATE_DIR / "plan.json"
+    ignore = ("overwrite", "out", "shards")
+    mine = {k: v for k, v in conf.items() if k not in ignore}
+    doc = {"config": mine, "shards": shards}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != doc:
+            diffs = [f"{k}: {old['config'].get(k)!r} on disk, {v!r} now" for k, v in mine.items()
+                     if old["config"].get(k) != v]
+            raise ShardError(f"{fout} holds mixed shards of another config or source "
+                             f"({'; '.join(diffs) or 'the source shards changed'}); pass --overwrite")
+        return
+    atomic_write(path, json.dumps(doc, sort_keys=True).encode())
+
+
+def _write_fold_index(fout: Path, fold: int, conf: dict[str, Any], states: dict[str, dict], complete: bool,
+                      index: dict[str, Any]) -> None:
+    write_index(fout, {
+        "classes": index["classes"],
+        "sample": index["sample"],
+        "format_version": FORMAT_VERSION,
+        "kind": "mixed",
+        "created_by": f"midas-prep {__version__}",
+        "fold": fold,
+        "config": conf,
+        "shards": [e for s in states.values() for e in s["entries"]],
+        "counts": {"samples": sum(len(s["lams"]) for s in states.values())},
+        "complete": complete,
+    })

@@ -1,0 +1,220 @@
+"""make-sample: DFEW layout, labels/splits, real decodable videos, faces where promised, determinism."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import av
+import cv2
+import decord
+import numpy as np
+import openpyxl
+import pytest
+import skimage.data
+from retinaface import detect_faces
+
+from pipeline.sample import ASTRONAUT_FACE, SampleSummary, make_sample
+from pipeline.sample import _draw_spec as draw_spec
+from pipeline.sample import _load_sources as load_sources
+
+CLIPS = 12
+HEADER = ["order", "1happy", "2sad", "3neutral", "4angry", "5surprise", "6disgust", "7fear", "label"]
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[SampleSummary, SampleSummary, list[int]]:
+    """Same (clips, seed) twice: once in worker processes, once in-process."""
+    calls: list[int] = []
+    a = make_sample(tmp_path_factory.mktemp("a") / "dfew", clips=CLIPS, seed=0, progress=calls.append, workers=2)
+    b = make_sample(tmp_path_factory.mktemp("b") / "dfew", clips=CLIPS, seed=0, workers=1)
+    return a, b, calls
+
+
+@pytest.fixture(scope="module")
+def sample(built) -> SampleSummary:
+    return built[0]
+
+
+@pytest.fixture(scope="module")
+def annotation(sample: SampleSummary) -> list[list]:
+    wb = openpyxl.load_workbook(sample.root / "Annotation" / "annotation.xlsx", read_only=True)
+    rows = [list(r) for r in wb.active.iter_rows(values_only=True)]
+    wb.close()
+    return rows
+
+
+def _read_split(path: Path) -> list[tuple[int, int]]:
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        assert next(reader) == ["video_name", "label"]
+        return [(int(n), int(lab)) for n, lab in reader]
+
+
+def _ids(sample: SampleSummary) -> list[str]:
+    return [f"{n:05d}" for n in range(1, sample.clips + 1)]
+
+
+def _source(sample: SampleSummary, clip_id: str) -> str:
+    if clip_id not in sample.no_face:
+        return "face"
+    return "coffee" if sample.no_face.index(clip_id) % 2 == 0 else "rocket"
+
+
+def _spec(sample: SampleSummary, clip_id: str):
+    source = _source(sample, clip_id)
+    return draw_spec(int(clip_id), 0, source, load_sources()[source].box)
+
+
+def test_summary(built) -> None:
+    sample, _, calls = built
+    assert sample.clips == CLIPS
+    assert sample.corrupt == [f"{CLIPS:05d}"]
+    assert len(sample.no_face) >= 2
+    assert not set(sample.no_face) & set(sample.corrupt)
+    assert calls == [1] * CLIPS
+
+
+def test_layout(sample: SampleSummary) -> None:
+    root = sample.root
+    assert sorted(p.name for p in (root / "Clip" / "original").iterdir()) == [f"{i}.mp4" for i in _ids(sample)]
+    frames = root / "Clip" / "clip_224x224"
+    assert sorted(p.name for p in frames.iterdir()) == _ids(sample)
+    for clip_id in _ids(sample):
+        names = sorted(p.name for p in (frames / clip_id).iterdir())
+        assert names == [f"{clip_id}_{i:05d}.jpg" for i in range(1, len(names) + 1)]
+        assert len(names) == _spec(sample, clip_id).frames
+    assert (root / "Annotation" / "annotation.xlsx").is_file()
+    for part in ("train", "test"):
+        folder = root / "EmoLabel_DataSplit" / f"{part}(single-labeled)"
+        assert sorted(p.name for p in folder.iterdir()) == [f"set_{k}.csv" for k in range(1, 6)]
+    leftovers = [p for p in root.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_crops_are_224(sample: SampleSummary) -> None:
+    for clip_id in _ids(sample)[:4]:
+        img = cv2.imread(str(sample.root / "Clip" / "clip_224x224" / clip_id / f"{clip_id}_00001.jpg"))
+        assert img.shape == (224, 224, 3)
+
+
+def test_annotation(sample: SampleSummary, annotation: list[list]) -> None:
+    assert annotation[0] == HEADER
+    body = annotation[1:]
+    assert [r[0] for r in body] == list(range(1, CLIPS + 1))
+    for row in body:
+        votes = row[1:8]
+        assert all(isinstance(v, int) and v >= 0 for v in votes)
+        assert sum(votes) == 10
+        top = int(np.argmax(votes))
+        assert row[8] == (top + 1 if votes[top] >= 6 else 0)
+    labels = [r[8] for r in body]
+    assert 0 in labels  # some ambiguous clips
+    assert sum(lab != 0 for lab in labels) == sample.single_labelled
+
+
+def test_splits(sample: SampleSummary, annotation: list[list]) -> None:
+    label = {r[0]: r[8] for r in annotation[1:]}
+    single = {n for n, lab in label.items() if lab != 0}
+    split = sample.root / "EmoLabel_DataSplit"
+    tests = [_read_split(split / "test(single-labeled)" / f"set_{k}.csv") for k in range(1, 6)]
+    trains = [_read_split(split / "train(single-labeled)" / f"set_{k}.csv") for k in range(1, 6)]
+    test_sets = [{n for n, _ in t} for t in tests]
+    for rows in tests + trains:
+        assert all(label[n] == lab for n, lab in rows)
+    assert sum(len(s) for s in test_sets) == len(single)
+    assert set().union(*test_sets) == single  # disjoint (sizes add up) and covering
+    for test_set, train in zip(test_sets, trains, strict=True):
+        assert {n for n, _ in train} == single - test_set
+
+
+def test_videos_decode(sample: SampleSummary) -> None:
+    codecs, portrait = set(), 0
+    for clip_id in _ids(sample):
+        if clip_id in sample.corrupt:
+            continue
+        path = sample.root / "Clip" / "original" / f"{clip_id}.mp4"
+        spec = _spec(sample, clip_id)
+        vr = decord.VideoReader(str(path))
+        assert len(vr) == spec.frames
+        batch = vr.get_batch([0, len(vr) - 1]).asnumpy()
+        assert batch.shape == (2, spec.height, spec.width, 3)
+        assert 320 <= spec.width <= 960 and spec.width % 2 == 0 and spec.height % 2 == 0
+        assert round(vr.get_avg_fps()) == spec.fps in (25, 30)
+        with av.open(str(path)) as container:
+            name = container.streams.video[0].codec_context.name
+        assert name == {"libx264": "h264", "mpeg4": "mpeg4"}[spec.codec]
+        codecs.add(name)
+        portrait += spec.height > spec.width
+    assert codecs == {"h264", "mpeg4"}
+    assert portrait >= 1
+
+
+def test_short_clip(sample: SampleSummary) -> None:
+    vr = decord.VideoReader(str(sample.root / "Clip" / "original" / "00003.mp4"))
+    assert len(vr) == 12
+    assert len(list((sample.root / "Clip" / "clip_224x224" / "00003").iterdir())) == 12
+
+
+def test_corrupt_clip_fails(sample: SampleSummary) -> None:
+    (clip_id,) = sample.corrupt
+    path = sample.root / "Clip" / "original" / f"{clip_id}.mp4"
+    assert path.stat().st_size == 300
+    with pytest.raises((RuntimeError, decord.DECORDError)):
+        vr = decord.VideoReader(str(path))
+        vr.get_batch([0]).asnumpy()
+
+
+def test_astronaut_box_matches_detector() -> None:
+    (face,) = detect_faces(skimage.data.astronaut())
+    assert face.score > 0.99
+    assert np.allclose((face.x, face.y, face.width, face.height), ASTRONAUT_FACE, atol=3)
+
+
+def test_detector_sees_faces_only_where_promised(sample: SampleSummary) -> None:
+    hits, face_clips = 0, 0
+    for clip_id in _ids(sample):
+        if clip_id in sample.corrupt:
+            continue
+        vr = decord.VideoReader(str(sample.root / "Clip" / "original" / f"{clip_id}.mp4"))
+        mid = len(vr) // 2
+        faces = detect_faces(vr[mid].asnumpy(), score_threshold=0.5)
+        if clip_id in sample.no_face:
+            assert [f for f in faces if f.score > 0.9] == [], clip_id
+            continue
+        face_clips += 1
+        good = [f for f in faces if f.score > 0.9]
+        if len(good) == 1:
+            # The detection sits where the sample put the face.
+            spec = _spec(sample, clip_id)
+            t = mid / max(1, spec.frames - 1)
+            cx, cy = ((1 - t) * np.asarray(spec.start) + t * np.asarray(spec.end))[2:4]
+            f = good[0]
+            tol = 0.25 * f.width + 3
+            assert abs(f.x + f.width / 2 - cx) < tol and abs(f.y + f.height / 2 - cy) < tol, clip_id
+            hits += 1
+    assert hits >= 0.9 * face_clips
+
+
+def test_same_seed_same_bytes(built) -> None:
+    a, b, _ = built
+    da, db = _digest(a.root), _digest(b.root)
+    assert da.keys() == db.keys()
+    assert [k for k in da if da[k] != db[k]] == []
+
+
+def test_without_frames_and_min_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        make_sample(tmp_path / "tiny", clips=5)
+    s = make_sample(tmp_path / "noframes", clips=6, seed=3, with_frames=False, workers=1)
+    assert not (s.root / "Clip" / "clip_224x224").exists()
+    assert len(list((s.root / "Clip" / "original").glob("*.mp4"))) == 6
