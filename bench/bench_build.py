@@ -129,7 +129,8 @@ def main() -> None:
         f"build-shards throughput, T=16, S=112, {args.clips} make-sample clips, {os.cpu_count()} cores "
         f"({time.strftime('%Y-%m-%d')})",
         "",
-        "| run | workers | clips | seconds | clips/s | clips/s per core | vs naive per core | peak RSS per worker (MB) |",
+        "| run | workers | clips | seconds | clips/s | clips/s per core | vs naive per core"
+        " | peak RSS per worker (MB) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, w, n, sec, rate, rss in rows:

@@ -119,7 +119,7 @@ def test_mixed_samples_from_the_bytes_on_disk(mixed):
         assert index["complete"] and index["kind"] == "mixed" and index["fold"] == k
         assert index["config"]["alpha"] == 0.8 and index["config"]["seed"] == 5
         for tar in sorted(fold_dir.glob("webdataset/*.tar")):
-            for key, s in _read_tar(tar).items():
+            for s in _read_tar(tar).values():
                 meta = s["json"]
                 (a, wa), (b, wb) = [(x["clip_id"], x["weight"]) for x in meta["sources"]]
                 lam = meta["lam"]
