@@ -178,6 +178,44 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
     )
 
 
+@main.command("bench-loader")
+@click.argument("shards", default="shards", type=click.Path(path_type=Path))
+@click.option("--fold", type=int, default=1, show_default=True, help="Fold K: train on every part but K.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@click.option("--batches", type=int, default=50, show_default=True, help="Batches timed (after one warm-up).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--no-mix", is_flag=True, help="Turn MIDAS mixing off.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "webdataset", "parquet"]), default="auto")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def bench_loader_cmd(shards: Path, fold: int, device: str, batches: int, batch_size: int, no_mix: bool, fmt: str,
+                     as_json: bool) -> None:
+    """Measure the DALI training loader (MIDAS on): clips/s and MB/s.
+
+    \b
+    Example:
+        midas-prep bench-loader shards --fold 1 --device cpu --batches 20
+    """
+    import json
+
+    from pipeline.config import ConfigError, StreamConfig
+    from pipeline.read import ShardError
+    from pipeline.stream import bench_loader
+
+    try:
+        cfg = StreamConfig(shards=str(shards), fold=fold, device=device, batch_size=batch_size, mix=not no_mix,
+                           format=fmt)
+        r = bench_loader(cfg, batches)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from e
+    except ShardError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(r, sort_keys=True))
+    else:
+        click.echo(f"bench-loader {shards} fold {fold} on {r['device']}: {r['clips']} clips in {r['seconds']:.2f} s"
+                   f" = {r['clips_per_s']:.1f} clips/s, {r['mb_per_s']:.1f} MB/s (batch {r['batch_size']})")
+
+
 @main.command("make-sample")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--clips", type=int, default=60, show_default=True, help="Number of clips.")

@@ -26,6 +26,7 @@ __all__ = [
     "RayConfig",
     "BuildConfig",
     "MixConfig",
+    "StreamConfig",
     "load_config",
     "config_to_dict",
 ]
@@ -149,6 +150,51 @@ class MixConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    shards: str = "shards"  # a build-shards output
+    fold: int = 1  # K: train on every part but K (and 0), evaluate on part K
+    split: str = "train"  # train | test
+    batch_size: int = 32
+    mix: bool = True  # MIDAS pairs inside each training batch (never in evaluation)
+    alpha: float = 0.8  # lam ~ Beta(alpha, alpha)
+    mix_prob: float = 1.0  # probability that a sample is mixed (else lam = 1)
+    offline_mixed: bool = False  # also train on <shards>/mixed/fold{K} (mix-offline output)
+    include_unassigned: bool = False  # also train on part 0 (clips in no fold)
+    augment: bool = True  # random resized crop, flip, colour jitter (same draw for every frame of a clip)
+    crop_area: tuple[float, float] = (0.7, 1.0)  # random resized crop: fraction of the frame area kept
+    jitter: float = 0.2  # brightness / contrast / saturation factors drawn from [1 - jitter, 1 + jitter]
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel, on [0, 1] pixels
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    device: str = "auto"  # auto (gpu if one is visible) | cpu | gpu
+    device_id: int = 0  # GPU index (local rank)
+    shard_id: int = 0  # this rank's slice of every epoch
+    num_shards: int = 1  # world size
+    seed: int = 0  # epoch order = permutation(seed, epoch); DALI random ops seeded from it too
+    last_batch: str = ""  # drop | partial ("" = drop in training, partial in evaluation)
+    format: str = "auto"  # webdataset | parquet | auto (webdataset when present)
+    num_threads: int = 2  # DALI CPU threads
+    py_workers: int = 2  # processes reading samples for the external source
+    prefetch: int = 2  # batches read ahead
+
+    def __post_init__(self) -> None:
+        _check_range("stream.fold", self.fold, 1, 5)
+        _check_choice("stream.split", self.split, ("train", "test"))
+        _check_range("stream.batch_size", self.batch_size, 1, 1 << 16)
+        if not self.alpha > 0:
+            raise ConfigError(f"stream.alpha={self.alpha!r} must be > 0")
+        _check_range("stream.mix_prob", self.mix_prob, 0.0, 1.0)
+        _check_choice("stream.device", self.device, ("auto", "cpu", "gpu"))
+        _check_range("stream.num_shards", self.num_shards, 1, 1 << 20)
+        _check_range("stream.shard_id", self.shard_id, 0, self.num_shards - 1)
+        _check_choice("stream.last_batch", self.last_batch, ("", "drop", "partial"))
+        _check_choice("stream.format", self.format, ("auto", "webdataset", "parquet"))
+        if not 0 < self.crop_area[0] <= self.crop_area[1] <= 1:
+            raise ConfigError(f"stream.crop_area={self.crop_area!r}: expected 0 < lo <= hi <= 1")
+        _check_range("stream.jitter", self.jitter, 0.0, 1.0)
+        _check_range("stream.py_workers", self.py_workers, 1, 256)
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     """Groups the stage configs of build-shards; stored whole in index.json."""
 
@@ -199,8 +245,10 @@ def _coerce(where: str, value: Any, tp: Any) -> Any:
         if value is None:
             return ""
     elif origin is tuple:
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
+        args = typing.get_args(tp)
+        item = args[0] if args else str
+        if isinstance(value, (list, tuple)) and (args[-1:] == (Ellipsis,) or len(value) == len(args)):
+            return tuple(_coerce(f"{where}[{i}]", v, item) for i, v in enumerate(value))
     elif origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             try:

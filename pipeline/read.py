@@ -115,8 +115,7 @@ class SampleReader:
         import pyarrow.parquet as pq
 
         pf = self._files.get(path) or self._files.setdefault(path, pq.ParquetFile(self.root / path))
-        rg, offset = divmod(where, pf.metadata.row_group(0).num_rows)
-        row = pf.read_row_group(rg, columns=["frames", "soft", "json"]).slice(offset, 1).to_pylist()[0]
+        row = pf.read_row_group(where, columns=["frames", "soft", "json"]).to_pylist()[0]  # one sample per group
         frames = np.load(io.BytesIO(row["frames"]), allow_pickle=False)
         return frames, np.asarray(row["soft"], np.float32), json.loads(row["json"])
 

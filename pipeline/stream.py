@@ -1,0 +1,299 @@
+"""Stream stage: shards -> NVIDIA DALI -> training batches, MIDAS mixing on the device.
+
+Reading. An epoch is one permutation of every sample of the split, seeded by
+(seed, epoch), cut into `num_shards` disjoint slices (one per rank). DALI's
+fn.readers.webdataset reads tars in sequence and shuffles only inside a read-ahead
+buffer, so a batch would hold clips of one or two shards (one part); instead a parallel
+fn.external_source reads each sample at its .idx byte offsets (WebDataset) or its row
+group (Parquet), which gives a shuffle across all shards and parts with the same bytes.
+
+The graph. `midas_graph` is a plain function (tests run it over known inputs):
+fn.batch_permutation pairs every sample with another of the same batch, fn.random.beta
+draws one lam per pair, frames and soft labels are mixed with that lam; then random
+resized crop, flip and colour jitter with one draw per clip (every frame alike), and
+normalisation to float N x C x T x H x W. One graph: `.gpu()` moves the batch to the
+device when a GPU is used (random.beta and batch_permutation are CPU-only operators, so
+lam and the permutation are drawn on the CPU and lam is copied over); with no GPU the
+same graph runs in a CPU-only pipeline (device_id=None).
+
+Resume. Pipelines are built with enable_checkpointing: `state_dict()` holds the DALI
+checkpoint (reader position and every RNG) and `load_state_dict` rebuilds the pipeline
+from it, so a restored loader continues the epoch with the same batches and draws.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import StreamConfig
+from pipeline.read import ShardError, open_index, parse_idx
+
+__all__ = ["list_samples", "epoch_order", "ShardSource", "midas_graph", "create_loader", "MidasLoader",
+           "resolve_device", "bench_loader"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "gpu" when an NVIDIA GPU is visible, else "cpu"."""
+    if device != "auto":
+        return device
+    return "gpu" if shutil.which("nvidia-smi") and Path("/dev/nvidia0").exists() else "cpu"
+
+
+def _select(index: dict[str, Any], cfg: StreamConfig, fmt: str) -> list[dict[str, Any]]:
+    entries = [e for e in index["shards"] if e["format"] == fmt]
+    if index.get("kind") == "mixed":
+        return entries
+    if cfg.split == "test":
+        return [e for e in entries if e["part"] == cfg.fold]
+    return [e for e in entries if e["part"] != cfg.fold and (e["part"] != 0 or cfg.include_unassigned)]
+
+
+def list_samples(cfg: StreamConfig) -> list[tuple[str, str, str, Any]]:
+    """Every sample of the split as (key, format, absolute shard path, where), in shard order."""
+    root = Path(cfg.shards)
+    index = open_index(root)
+    formats = {e["format"] for e in index["shards"]}
+    fmt = cfg.format if cfg.format != "auto" else ("webdataset" if "webdataset" in formats else "parquet")
+    if fmt not in formats:
+        raise ShardError(f"{root} has no {fmt} shards (it has {sorted(formats)})")
+    sources = [(root, _select(index, cfg, fmt))]
+    if cfg.offline_mixed and cfg.split == "train":
+        mroot = root / "mixed" / f"fold{cfg.fold}"
+        mindex = open_index(mroot)
+        sources.append((mroot, _select(mindex, cfg, fmt)))
+    samples: list[tuple[str, str, str, Any]] = []
+    for base, entries in sources:
+        for e in sorted(entries, key=lambda e: e["path"]):
+            path = str((base / e["path"]).resolve())
+            if fmt == "webdataset":
+                for key, members in parse_idx((base / e["idx"]["path"]).read_text()):
+                    samples.append((key, fmt, path, members))
+            else:
+                for row in range(e["samples"]):
+                    samples.append((f"{e['path']}#{row}", fmt, path, row))
+    if not samples:
+        raise ShardError(f"{root}: fold {cfg.fold} {cfg.split} split is empty")
+    return samples
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The epoch's sample order: a permutation seeded by (seed, epoch), or 0..n-1."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class ShardSource:
+    """Batch-mode callable for a parallel fn.external_source; pickled into the reader workers.
+
+    Batch b of epoch e holds samples order[rank][b*N : (b+1)*N] where order[rank] is this
+    rank's slice of epoch_order(...). Raises StopIteration at the end of the epoch (after
+    a partial last batch unless drop_last).
+    """
+
+    def __init__(self, samples: list[tuple[str, str, str, Any]], batch_size: int, seed: int, shuffle: bool,
+                 shard_id: int, num_shards: int, drop_last: bool) -> None:
+        self.samples = samples
+        self.batch_size = batch_size
+        self.seed, self.shuffle = seed, shuffle
+        self.shard_id, self.num_shards = shard_id, num_shards
+        self.drop_last = drop_last
+        self._files: dict[str, Any] = {}
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_files", "_order")} | {"_files": {},
+                                                                                           "_order": None}
+
+    def rank_order(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            order = epoch_order(len(self.samples), self.seed, epoch, self.shuffle)
+            self._order = (epoch, order[self.shard_id :: self.num_shards])
+        return self._order[1]
+
+    def batches_per_epoch(self) -> int:
+        n = len(range(self.shard_id, len(self.samples), self.num_shards))
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Sample i: (frames uint8 T x H x W x 3, soft float32 [C], json); no unpickling."""
+        _, fmt, path, where = self.samples[i]
+        if fmt == "webdataset":
+            f = self._files.get(path) or self._files.setdefault(path, open(path, "rb"))
+
+            def member(ext: str) -> bytes:
+                f.seek(where[ext][0])
+                return f.read(where[ext][1])
+
+            return (np.load(io.BytesIO(member("frames.npy")), allow_pickle=False),
+                    np.load(io.BytesIO(member("soft.npy")), allow_pickle=False), json.loads(member("json")))
+        import pyarrow.parquet as pq
+
+        pf = self._files.get(path) or self._files.setdefault(path, pq.ParquetFile(path))
+        row = pf.read_row_group(where, columns=["frames", "soft", "json"]).to_pylist()[0]
+        return (np.load(io.BytesIO(row["frames"]), allow_pickle=False), np.asarray(row["soft"], np.float32),
+                json.loads(row["json"]))
+
+    def __call__(self, info: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        order = self.rank_order(info.epoch_idx)
+        lo = info.iteration * self.batch_size
+        hi = min(lo + self.batch_size, len(order))
+        if lo >= len(order) or (self.drop_last and hi - lo < self.batch_size):
+            raise StopIteration
+        frames, soft, index = [], [], []
+        for i in order[lo:hi]:
+            x, y, _ = self.read(int(i))
+            frames.append(x)
+            soft.append(y)
+            index.append(np.array([i], dtype=np.int64))  # position in list_samples (for checks)
+        return frames, soft, index
+
+
+def midas_graph(frames: Any, soft: Any, cfg: StreamConfig, device: str, training: bool,
+                frame_size: int) -> tuple[Any, ...]:
+    """The augmentation graph over a batch of uint8 FHWC clips and float32 soft labels.
+
+    Returns (frames float N x C x T x H x W normalised, soft, lam, perm); in evaluation
+    lam = 1 and perm = identity are not drawn (constants), and no augmentation is applied.
+    """
+    from nvidia.dali import fn, types
+
+    if device == "gpu":
+        frames, soft = frames.gpu(), soft.gpu()
+    x = fn.cast(frames, dtype=types.FLOAT)
+    lam = perm = None
+    if training and cfg.mix:
+        # MIDAS: x~ = lam x_i + (1 - lam) x_perm(i), y~ likewise; one lam per pair, all frames.
+        perm = fn.batch_permutation(no_fixed_points=True)  # CPU-only operator
+        lam = fn.random.beta(alpha=cfg.alpha, beta=cfg.alpha)  # CPU-only operator
+        if cfg.mix_prob < 1.0:
+            keep = fn.cast(fn.random.coin_flip(probability=1.0 - cfg.mix_prob), dtype=types.FLOAT)
+            lam = keep + (1.0 - keep) * lam  # unmixed samples get lam = 1
+        lam_d = lam.gpu() if device == "gpu" else lam
+        x = lam_d * x + (1.0 - lam_d) * fn.permute_batch(x, indices=perm)
+        soft = lam_d * soft + (1.0 - lam_d) * fn.permute_batch(soft, indices=perm)
+    mean = [255.0 * m for m in cfg.mean]
+    std = [255.0 * s for s in cfg.std]
+    if training and cfg.augment:
+        x = fn.random_resized_crop(x, size=[frame_size, frame_size], random_area=list(cfg.crop_area),
+                                   random_aspect_ratio=[3 / 4, 4 / 3])
+        j = cfg.jitter
+        x = fn.color_twist(x, brightness=fn.random.uniform(range=[1 - j, 1 + j]),
+                           contrast=fn.random.uniform(range=[1 - j, 1 + j]),
+                           saturation=fn.random.uniform(range=[1 - j, 1 + j]))
+        x = fn.crop_mirror_normalize(x, mirror=fn.random.coin_flip(), mean=mean, std=std,
+                                     output_layout="CFHW", dtype=types.FLOAT)
+    else:
+        x = fn.crop_mirror_normalize(x, mean=mean, std=std, output_layout="CFHW", dtype=types.FLOAT)
+    return x, soft, lam, perm
+
+
+class MidasLoader:
+    """Iterate batches of one rank: {"frames": N x C x T x H x W float, "soft": N x C} as torch
+    tensors on the device. One `for` loop = one epoch; `state_dict()` / `load_state_dict()`
+    resume inside an epoch."""
+
+    def __init__(self, cfg: StreamConfig, checkpoint: str | None = None, _debug_outputs: bool = False) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.training = cfg.split == "train"
+        drop = (cfg.last_batch or ("drop" if self.training else "partial")) == "drop"
+        self.samples = list_samples(cfg)
+        self.frame_size = int(open_index(cfg.shards)["sample"]["frame_size"])
+        self._it: Any = None
+        self.source = ShardSource(self.samples, cfg.batch_size, cfg.seed, self.training, cfg.shard_id,
+                                  cfg.num_shards, drop)
+        self._debug = _debug_outputs
+        self._build(checkpoint)
+
+    def _build(self, checkpoint: str | None) -> None:
+        from nvidia.dali import fn, pipeline_def
+
+        cfg, device, training, debug = self.cfg, self.device, self.training, self._debug
+
+        @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
+                      device_id=cfg.device_id if device == "gpu" else None, seed=cfg.seed + 7919 * cfg.shard_id,
+                      py_num_workers=cfg.py_workers, py_start_method="fork", prefetch_queue_depth=cfg.prefetch,
+                      enable_checkpointing=True)
+        def pipe():  # noqa: ANN202 - DALI graph
+            frames, soft, idx = fn.external_source(source=self.source, num_outputs=3, batch=True, batch_info=True,
+                                                   parallel=True, layout=["FHWC", "", ""])
+            x, y, lam, perm = midas_graph(frames, soft, cfg, device, training, self.frame_size)
+            if not debug:
+                return x, y, idx
+            return x, y, idx, lam if lam is not None else idx, perm if perm is not None else idx
+
+        self.pipe = pipe(checkpoint=checkpoint) if checkpoint else pipe()
+        self.pipe.build()
+        self.output_map = ["frames", "soft", "index"] + (["lam", "perm"] if debug else [])
+
+    def __len__(self) -> int:
+        return self.source.batches_per_epoch()
+
+    def __iter__(self):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        if self._it is None:
+            self._it = DALIGenericIterator([self.pipe], self.output_map, last_batch_policy=LastBatchPolicy.PARTIAL,
+                                           auto_reset=False, prepare_first_batch=False)
+        for batch in self._it:
+            yield batch[0]  # one pipeline per rank
+        self._it.reset()  # only after a whole epoch: a loop left early resumes where it stopped
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: the DALI checkpoint (source position, RNG states) and the config."""
+        ckpt = self._it.checkpoints()[0] if self._it is not None else self.pipe.checkpoint()
+        return {"checkpoint": ckpt, "config": dict(self.cfg.__dict__)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], _debug_outputs: bool = False) -> MidasLoader:
+        """A loader that continues exactly where the one that saved `state` stood."""
+        cfg = StreamConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
+        return cls(cfg, checkpoint=state["checkpoint"], _debug_outputs=_debug_outputs)
+
+
+def bench_loader(cfg: StreamConfig, batches: int) -> dict[str, float]:
+    """Time `batches` batches (after one warm-up batch): clips/s and MB/s of clip bytes delivered."""
+    import time
+
+    loader = MidasLoader(cfg)
+    n = clips = 0
+    nbytes = 0
+    t0 = None
+    while n < batches + 1:
+        for batch in loader:
+            if t0 is None:
+                t0 = time.perf_counter()  # the first batch pays pipeline start-up
+            else:
+                clips += batch["frames"].shape[0]
+                nbytes += batch["frames"][0].numel() * batch["frames"].shape[0]  # uint8 bytes per clip
+            n += 1
+            if n >= batches + 1:
+                break
+    if loader.device == "gpu":
+        import torch
+
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - (t0 or time.perf_counter())
+    return {"batches": batches, "batch_size": cfg.batch_size, "clips": clips, "seconds": dt,
+            "clips_per_s": clips / dt if dt else 0.0, "mb_per_s": nbytes / 1e6 / dt if dt else 0.0,
+            "device": loader.device}
+
+
+def create_loader(shards: str = "shards", fold: int = 1, split: str = "train", batch_size: int = 32,
+                  mix: bool = True, alpha: float = 0.8, offline_mixed: bool = False, device: str = "auto",
+                  shard_id: int = 0, num_shards: int = 1, **kwargs: Any) -> MidasLoader:
+    """The loader of one rank: `for batch in loader: batch["frames"], batch["soft"]`."""
+    cfg = StreamConfig(shards=shards, fold=fold, split=split, batch_size=batch_size, mix=mix, alpha=alpha,
+                       offline_mixed=offline_mixed, device=device, shard_id=shard_id, num_shards=num_shards,
+                       **kwargs)
+    return MidasLoader(cfg)

@@ -1,0 +1,156 @@
+"""The DALI loader on CPU (device_id=None) over make-sample shards; the GPU graph when a GPU exists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from pipeline.config import StreamConfig
+from pipeline.read import ShardError
+from pipeline.stream import MidasLoader, create_loader, epoch_order
+
+MEAN = np.array([0.485, 0.456, 0.406]) * 255
+STD = np.array([0.229, 0.224, 0.225]) * 255
+
+
+@pytest.fixture(scope="module")
+def mixed_default(built, ray_session):
+    """mix-offline --copies 2 --fold 1 into <shards>/mixed (where the loader looks)."""
+    from pipeline.config import MixConfig, RayConfig
+    from pipeline.mix import mix_offline
+
+    return mix_offline(MixConfig(shards=str(built[0]), copies=2, fold=1), RayConfig(workers=2))
+
+
+def _unnormalise(x: torch.Tensor) -> np.ndarray:
+    """N x C x T x H x W normalised -> N x T x H x W x C in pixel units."""
+    a = x.numpy().transpose(0, 2, 3, 4, 1).astype(np.float64)
+    return a * STD + MEAN
+
+
+def _cfg(built, **kw) -> StreamConfig:
+    base = {"shards": str(built[0]), "fold": 1, "batch_size": 4, "device": "cpu", "py_workers": 1}
+    return StreamConfig(**(base | kw))
+
+
+def test_every_mixed_output_is_a_convex_pair_of_the_batch_with_one_lam(built):
+    loader = MidasLoader(_cfg(built, augment=False, alpha=0.8), _debug_outputs=True)
+    n = 0
+    for batch in loader:
+        idx = batch["index"].flatten().tolist()
+        src = [loader.source.read(i) for i in idx]
+        x = np.stack([s[0] for s in src]).astype(np.float64)
+        y = np.stack([s[1] for s in src]).astype(np.float64)
+        lam = batch["lam"].numpy().reshape(-1).astype(np.float64)
+        perm = batch["perm"].numpy().reshape(-1)
+        assert sorted(perm.tolist()) == list(range(len(idx))) and all(perm != np.arange(len(idx)))
+        out = _unnormalise(batch["frames"])
+        for i in range(len(idx)):
+            expect = lam[i] * x[i] + (1 - lam[i]) * x[perm[i]]  # the same lam for all T frames
+            assert np.abs(out[i] - expect).max() < 0.05
+            assert np.allclose(batch["soft"][i].numpy(), lam[i] * y[i] + (1 - lam[i]) * y[perm[i]], atol=1e-6)
+        n += 1
+    assert n == len(loader) > 0
+
+
+def test_lam_follows_beta_over_many_batches(built):
+    loader = MidasLoader(_cfg(built, augment=False, alpha=0.4, batch_size=8), _debug_outputs=True)
+    lams = []
+    while len(lams) < 400:
+        for batch in loader:
+            lams += batch["lam"].numpy().reshape(-1).tolist()
+    assert stats.kstest(lams, stats.beta(0.4, 0.4).cdf).pvalue > 0.01
+    assert stats.kstest(lams, stats.uniform().cdf).pvalue < 0.01
+
+
+def test_evaluation_is_unmixed_and_covers_the_test_part_once(built):
+    loader = create_loader(str(built[0]), fold=2, split="test", batch_size=3, device="cpu", py_workers=1)
+    seen = []
+    for batch in loader:
+        idx = batch["index"].flatten().tolist()
+        seen += idx
+        for i, x in zip(idx, _unnormalise(batch["frames"]), strict=True):
+            frames, soft, meta = loader.source.read(i)
+            assert meta["part"] == 2
+            assert np.abs(x - frames).max() < 0.05  # not mixed, not augmented
+    assert sorted(seen) == list(range(len(loader.samples)))
+    assert len(seen) == sum(1 for s in range(len(loader.samples)))
+
+
+def test_training_epoch_is_a_global_shuffle_seeded_by_seed_and_epoch(built):
+    loader = create_loader(str(built[0]), fold=3, batch_size=2, device="cpu", py_workers=1, mix=False,
+                           last_batch="partial")
+    epochs = []
+    for _ in range(2):
+        epochs.append([i for b in loader for i in b["index"].flatten().tolist()])
+    n = len(loader.samples)
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(n))  # every sample once per epoch
+    assert epochs[0] != epochs[1]
+    assert epochs[0] == epoch_order(n, 0, 0, True).tolist()
+    parts = {loader.source.read(i)[2]["part"] for i in epochs[0][: n // 2]}
+    assert len(parts) >= 3  # the first half of the epoch already draws on most parts
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_shard_id_num_shards_split_an_epoch_without_overlap_or_loss(built, split):
+    got = []
+    for rank in range(3):
+        loader = create_loader(str(built[0]), fold=1, split=split, batch_size=2, device="cpu", py_workers=1,
+                               shard_id=rank, num_shards=3, last_batch="partial", mix=False)
+        got.append([i for b in loader for i in b["index"].flatten().tolist()])
+    flat = [i for g in got for i in g]
+    assert len(flat) == len(set(flat)) == len(loader.samples)
+
+
+def test_parquet_path_yields_the_same_samples(built):
+    a = create_loader(str(built[0]), fold=4, split="test", batch_size=2, device="cpu", py_workers=1,
+                      format="webdataset")
+    b = create_loader(str(built[0]), fold=4, split="test", batch_size=2, device="cpu", py_workers=1,
+                      format="parquet")
+    xa = torch.cat([x["frames"] for x in a])
+    xb = torch.cat([x["frames"] for x in b])
+    assert xa.shape == xb.shape and torch.equal(xa, xb)
+    ya = torch.cat([x["soft"] for x in create_loader(str(built[0]), fold=4, split="train", batch_size=2,
+                                                     device="cpu", py_workers=1, format="webdataset")])
+    yb = torch.cat([x["soft"] for x in create_loader(str(built[0]), fold=4, split="train", batch_size=2,
+                                                     device="cpu", py_workers=1, format="parquet")])
+    assert torch.equal(ya, yb)  # same order, same draws, same bytes
+
+
+def test_restored_loader_continues_where_it_stopped(built):
+    loader = MidasLoader(_cfg(built, batch_size=2), _debug_outputs=True)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    rest = [(b["frames"].clone(), b["soft"].clone(), b["index"].clone()) for b in it]
+    restored = MidasLoader.from_state_dict(state, _debug_outputs=True)
+    again = [(b["frames"], b["soft"], b["index"]) for b in restored]
+    assert len(again) == len(rest) > 0
+    for (fa, sa, ia), (fb, sb, ib) in zip(rest, again, strict=True):
+        assert torch.equal(ia, ib) and torch.equal(sa, sb) and torch.equal(fa, fb)
+
+
+def test_offline_mixed_adds_the_fold_mixed_set(built, mixed_default):
+    plain = create_loader(str(built[0]), fold=1, device="cpu", py_workers=1)
+    more = create_loader(str(built[0]), fold=1, device="cpu", py_workers=1, offline_mixed=True)
+    added = len(more.samples) - len(plain.samples)
+    assert added == 2 * len(plain.samples)  # --copies 2
+
+
+def test_bad_requests_are_clear_errors(built, mixed_default, tmp_path):
+    with pytest.raises(ShardError, match="index.json not found"):
+        create_loader(str(tmp_path), device="cpu")
+    with pytest.raises(ValueError, match="stream.fold=9 is out of range"):
+        create_loader(str(built[0]), fold=9, device="cpu")
+    with pytest.raises(ShardError, match="mixed/fold2/index.json not found"):
+        create_loader(str(built[0]), fold=2, device="cpu", offline_mixed=True)
+
+
+@pytest.mark.gpu
+def test_gpu_graph_runs_on_the_device(built):
+    loader = create_loader(str(built[0]), fold=1, batch_size=4, device="gpu")
+    batch = next(iter(loader))
+    assert batch["frames"].is_cuda and batch["frames"].shape[1:] == (3, 16, 112, 112)
+    assert torch.allclose(batch["soft"].sum(1).cpu(), torch.ones(len(batch["soft"])), atol=1e-5)
