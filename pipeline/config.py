@@ -160,9 +160,10 @@ class StreamConfig:
     mix_prob: float = 1.0  # probability that a sample is mixed (else lam = 1)
     offline_mixed: bool = False  # also train on <shards>/mixed/fold{K} (mix-offline output)
     include_unassigned: bool = False  # also train on part 0 (clips in no fold)
-    augment: bool = True  # random resized crop, flip, colour jitter (same draw for every frame of a clip)
+    augment: bool = True  # random resized crop, flip, brightness/contrast (same draw for every frame of a clip)
     crop_area: tuple[float, float] = (0.7, 1.0)  # random resized crop: fraction of the frame area kept
-    jitter: float = 0.2  # brightness / contrast / saturation factors drawn from [1 - jitter, 1 + jitter]
+    crop_interp: str = "linear"  # random resized crop resampling: linear | nn (3.5x cheaper on the CPU, blockier)
+    jitter: float = 0.2  # brightness and contrast factors drawn from [1 - jitter, 1 + jitter]
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel, on [0, 1] pixels
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     device: str = "auto"  # auto (gpu if one is visible) | cpu | gpu
@@ -191,6 +192,7 @@ class StreamConfig:
         if not 0 < self.crop_area[0] <= self.crop_area[1] <= 1:
             raise ConfigError(f"stream.crop_area={self.crop_area!r}: expected 0 < lo <= hi <= 1")
         _check_range("stream.jitter", self.jitter, 0.0, 1.0)
+        _check_choice("stream.crop_interp", self.crop_interp, ("linear", "nn"))
         _check_range("stream.py_workers", self.py_workers, 1, 256)
 
 
