@@ -27,6 +27,7 @@ __all__ = [
     "BuildConfig",
     "MixConfig",
     "StreamConfig",
+    "TrainConfig",
     "load_config",
     "config_to_dict",
 ]
@@ -194,6 +195,68 @@ class StreamConfig:
         _check_range("stream.jitter", self.jitter, 0.0, 1.0)
         _check_choice("stream.crop_interp", self.crop_interp, ("linear", "nn"))
         _check_range("stream.py_workers", self.py_workers, 1, 256)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """midas-train: one fold (or the 5-fold protocol) of a DFER model on the shards."""
+
+    shards: str = "shards"
+    fold: int = 1  # K: evaluate on part K, train on the rest
+    folds: str = ""  # "1-5" or "1,3": run these folds one after another, report mean and std ("" = fold)
+    out: str = "runs/midas"  # metrics.jsonl, checkpoints, config.yaml, report.json (per fold: <out>/fold{K})
+    epochs: int = 20
+    batch_size: int = 32  # per rank
+    accum_steps: int = 1  # gradient accumulation: optimizer step every N batches
+    lr: float = 5e-4  # peak AdamW learning rate (after warm-up)
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to 0
+    loss: str = "soft"  # soft: sum(-y log p) against the vote histogram | hard: cross-entropy on the label
+    mix: bool = True  # MIDAS pairs in the loader (on the device)
+    alpha: float = 0.8
+    mix_prob: float = 1.0
+    offline_mixed: bool = False  # add <shards>/mixed/fold{K} to the training data
+    include_unassigned: bool = False  # add part 0 (clips in no fold) to the training data
+    model: str = "resnet18_transformer"  # resnet18_transformer | r2plus1d
+    width: int = 64  # channels of the first stage (64 = ResNet-18); small values for tests
+    temporal_layers: int = 2  # transformer layers over the frame features
+    dropout: float = 0.1
+    pretrained: str = ""  # a local state dict (torch.save of model.state_dict()) to start from
+    resume: bool = False  # continue from <out>/fold{K}/last.pt
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | gpu
+    amp: bool = True  # bfloat16 autocast on the GPU (ignored on the CPU)
+    py_workers: int = 2  # loader processes per rank
+    max_steps: int = 0  # cap on optimizer steps per epoch (0 = the whole epoch); for smoke runs
+    log_samples: bool = False  # write the sample positions each rank trained on (audits, tests)
+    tensorboard: bool = True  # also log to TensorBoard when the package is installed
+
+    def __post_init__(self) -> None:
+        _check_range("train.fold", self.fold, 1, 5)
+        _check_range("train.epochs", self.epochs, 1, 100_000)
+        _check_range("train.batch_size", self.batch_size, 1, 1 << 16)
+        _check_range("train.accum_steps", self.accum_steps, 1, 1 << 16)
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr={self.lr!r} must be > 0")
+        _check_choice("train.loss", self.loss, ("soft", "hard"))
+        _check_choice("train.model", self.model, ("resnet18_transformer", "r2plus1d"))
+        _check_range("train.width", self.width, 4, 1024)
+        _check_choice("train.device", self.device, ("auto", "cpu", "gpu"))
+        _check_range("train.dropout", self.dropout, 0.0, 1.0)
+        if self.folds and not all(part.strip().replace("-", "").isdigit() for part in self.folds.split(",")):
+            raise ConfigError(f"train.folds={self.folds!r}: expected e.g. 1-5 or 1,3")
+
+    def fold_list(self) -> list[int]:
+        """The folds to run: `folds` parsed ("1-5", "1,3"), else [fold]."""
+        if not self.folds:
+            return [self.fold]
+        out: list[int] = []
+        for part in self.folds.split(","):
+            lo, _, hi = part.strip().partition("-")
+            out += list(range(int(lo), int(hi or lo) + 1))
+        if not all(1 <= k <= 5 for k in out):
+            raise ConfigError(f"train.folds={self.folds!r}: folds are 1..5")
+        return out
 
 
 @dataclass(frozen=True)

@@ -116,13 +116,16 @@ class ShardSource:
 
     def rank_order(self, epoch: int) -> np.ndarray:
         if self._order is None or self._order[0] != epoch:
-            order = epoch_order(len(self.samples), self.seed, epoch, self.shuffle)
-            self._order = (epoch, order[self.shard_id :: self.num_shards])
+            order = epoch_order(len(self.samples), self.seed, epoch, self.shuffle)[self.shard_id :: self.num_shards]
+            if self.drop_last:  # every rank runs the same number of steps (DDP would hang otherwise)
+                order = order[: len(self.samples) // self.num_shards]
+            self._order = (epoch, order)
         return self._order[1]
 
     def batches_per_epoch(self) -> int:
-        n = len(range(self.shard_id, len(self.samples), self.num_shards))
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.drop_last:
+            return len(self.samples) // self.num_shards // self.batch_size
+        return -(-len(range(self.shard_id, len(self.samples), self.num_shards)) // self.batch_size)
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """Sample i: (frames uint8 T x H x W x 3, soft float32 [C], json); no unpickling."""
@@ -144,6 +147,7 @@ class ShardSource:
                 json.loads(row["json"]))
 
     def __call__(self, info: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Batch `info.iteration` of epoch `info.epoch_idx`: (frames, soft, [sample position, label])."""
         order = self.rank_order(info.epoch_idx)
         lo = info.iteration * self.batch_size
         hi = min(lo + self.batch_size, len(order))
@@ -151,10 +155,11 @@ class ShardSource:
             raise StopIteration
         frames, soft, index = [], [], []
         for i in order[lo:hi]:
-            x, y, _ = self.read(int(i))
+            x, y, meta = self.read(int(i))
             frames.append(x)
             soft.append(y)
-            index.append(np.array([i], dtype=np.int64))  # position in list_samples (for checks)
+            # position in list_samples (for audits and tests) and the hard label (-1 = none)
+            index.append(np.array([i, meta.get("label", -1)], dtype=np.int64))
         return frames, soft, index
 
 
@@ -199,9 +204,11 @@ def midas_graph(frames: Any, soft: Any, cfg: StreamConfig, device: str, training
 
 
 class MidasLoader:
-    """Iterate batches of one rank: {"frames": N x C x T x H x W float, "soft": N x C} as torch
-    tensors on the device. One `for` loop = one epoch; `state_dict()` / `load_state_dict()`
-    resume inside an epoch."""
+    """Iterate batches of one rank: {"frames": N x C x T x H x W float, "soft": N x C,
+    "sample": N x 2 int64 (position in list_samples, hard label or -1)} as torch tensors.
+
+    One `for` loop = one epoch; a loop left early continues where it stopped. `state_dict()`
+    and `MidasLoader.from_state_dict(state)` resume inside an epoch."""
 
     def __init__(self, cfg: StreamConfig, checkpoint: str | None = None, _debug_outputs: bool = False) -> None:
         self.cfg = cfg
@@ -235,7 +242,7 @@ class MidasLoader:
 
         self.pipe = pipe(checkpoint=checkpoint) if checkpoint else pipe()
         self.pipe.build()
-        self.output_map = ["frames", "soft", "index"] + (["lam", "perm"] if debug else [])
+        self.output_map = ["frames", "soft", "sample"] + (["lam", "perm"] if debug else [])
 
     def __len__(self) -> int:
         return self.source.batches_per_epoch()

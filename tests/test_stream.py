@@ -39,7 +39,7 @@ def test_every_mixed_output_is_a_convex_pair_of_the_batch_with_one_lam(built):
     loader = MidasLoader(_cfg(built, augment=False, alpha=0.8), _debug_outputs=True)
     n = 0
     for batch in loader:
-        idx = batch["index"].flatten().tolist()
+        idx = batch["sample"][:, 0].tolist()
         src = [loader.source.read(i) for i in idx]
         x = np.stack([s[0] for s in src]).astype(np.float64)
         y = np.stack([s[1] for s in src]).astype(np.float64)
@@ -69,7 +69,7 @@ def test_evaluation_is_unmixed_and_covers_the_test_part_once(built):
     loader = create_loader(str(built[0]), fold=2, split="test", batch_size=3, device="cpu", py_workers=1)
     seen = []
     for batch in loader:
-        idx = batch["index"].flatten().tolist()
+        idx = batch["sample"][:, 0].tolist()
         seen += idx
         for i, x in zip(idx, _unnormalise(batch["frames"]), strict=True):
             frames, soft, meta = loader.source.read(i)
@@ -84,7 +84,7 @@ def test_training_epoch_is_a_global_shuffle_seeded_by_seed_and_epoch(built):
                            last_batch="partial")
     epochs = []
     for _ in range(2):
-        epochs.append([i for b in loader for i in b["index"].flatten().tolist()])
+        epochs.append([i for b in loader for i in b["sample"][:, 0].tolist()])
     n = len(loader.samples)
     assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(n))  # every sample once per epoch
     assert epochs[0] != epochs[1]
@@ -99,7 +99,7 @@ def test_shard_id_num_shards_split_an_epoch_without_overlap_or_loss(built, split
     for rank in range(3):
         loader = create_loader(str(built[0]), fold=1, split=split, batch_size=2, device="cpu", py_workers=1,
                                shard_id=rank, num_shards=3, last_batch="partial", mix=False)
-        got.append([i for b in loader for i in b["index"].flatten().tolist()])
+        got.append([i for b in loader for i in b["sample"][:, 0].tolist()])
     flat = [i for g in got for i in g]
     assert len(flat) == len(set(flat)) == len(loader.samples)
 
@@ -124,9 +124,9 @@ def test_restored_loader_continues_where_it_stopped(built):
     it = iter(loader)
     next(it)
     state = loader.state_dict()
-    rest = [(b["frames"].clone(), b["soft"].clone(), b["index"].clone()) for b in it]
+    rest = [(b["frames"].clone(), b["soft"].clone(), b["sample"].clone()) for b in it]
     restored = MidasLoader.from_state_dict(state, _debug_outputs=True)
-    again = [(b["frames"], b["soft"], b["index"]) for b in restored]
+    again = [(b["frames"], b["soft"], b["sample"]) for b in restored]
     assert len(again) == len(rest) > 0
     for (fa, sa, ia), (fb, sb, ib) in zip(rest, again, strict=True):
         assert torch.equal(ia, ib) and torch.equal(sa, sb) and torch.equal(fa, fb)
