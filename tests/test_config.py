@@ -67,7 +67,10 @@ def test_config_round_trips_through_dict():
 def test_shipped_yaml_configs_load():
     from pipeline.config import TrainConfig
 
-    assert load_config(BuildConfig, "configs/build/dfew.yaml").align.frame_size == 112
-    assert load_config(MixConfig, "configs/mix/dfew.yaml").copies == 2
-    t = load_config(TrainConfig, "configs/train/dfew.yaml", {"epochs": 3})
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    assert load_config(BuildConfig, configs / "build/dfew.yaml").align.frame_size == 112
+    assert load_config(MixConfig, configs / "mix/dfew.yaml").copies == 2
+    t = load_config(TrainConfig, configs / "train/dfew.yaml", {"epochs": 3})
     assert t.epochs == 3 and t.alpha == 0.8 and TrainConfig(folds="1-5").fold_list() == [1, 2, 3, 4, 5]
