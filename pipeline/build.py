@@ -28,6 +28,7 @@ from pipeline.cluster import init_ray
 from pipeline.config import AlignConfig, BuildConfig, DecodeConfig, config_to_dict
 from pipeline.decode import decode_clip
 from pipeline.errors import ClipRejected
+from pipeline.faults import fault_point
 from pipeline.index import index_dataset
 from pipeline.write import (
     CLIPS_NAME,
@@ -79,6 +80,7 @@ def process_clip(root: str, clip: dict[str, Any], dcfg: DecodeConfig, acfg: Alig
     """Decode + align one clip -> (result row, uint8 T x S x S x 3 crops or None if rejected)."""
     try:
         frames = decode_clip(Path(root), clip, dcfg)
+        fault_point("build.decoded")
         crops, stats = align_frames(frames, get_detector(acfg), acfg, clip["clip_id"])
     except ClipRejected as e:
         return {"clip_id": clip["clip_id"], "status": "rejected", "stage": e.stage, "error": e.reason}, None
@@ -188,6 +190,14 @@ def build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | Non
     `on_progress(done, total)` is called as clips finish. Raises LayoutError or BuildError
     (fatal); per-clip failures end in rejects.parquet.
     """
+    try:
+        return _build_shards(cfg, on_progress)
+    except OSError as e:  # a full disk, a vanished mount: what is written stays valid, a re-run resumes
+        raise BuildError(f"cannot write to {cfg.write.out}: {e}; the shards written so far are kept and a re-run "
+                         "resumes") from e
+
+
+def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | None) -> BuildSummary:
     t0 = time.perf_counter()
     out = Path(cfg.write.out)
     summary = BuildSummary(out=str(out))
@@ -272,9 +282,11 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
                 if ref in writes:
                     states[writes.pop(ref)] = ray.get(ref)
                     write_index(out, _index_doc(cfg, states, counts(), complete=False))
+                    fault_point("build.shard_done")
                     continue
                 name, cid, frames_ref = pending.pop(ref)
                 meta = ray.get(ref)
+                fault_point("build.clip_done")
                 got[name][cid] = (meta, frames_ref if meta["status"] == "written" else None)
                 done += 1
                 if on_progress:

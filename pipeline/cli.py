@@ -178,6 +178,54 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
     )
 
 
+@main.command("verify")
+@click.argument("shards", default="shards", type=click.Path(path_type=Path))
+@click.option("--repair", is_flag=True, help="Rebuild only the damaged shards from the source dataset.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def verify_cmd(shards: Path, repair: bool, as_json: bool) -> None:
+    """Check every shard listed in SHARDS/index.json (and mixed/fold*/index.json).
+
+    Size, sha256, readability, sample count, the .idx, and every sample's arrays (shape,
+    dtype, crc32, soft label sums to 1). Exit 1 if anything is wrong.
+
+    \b
+    Example:
+        midas-prep verify shards
+        midas-prep verify shards --repair
+    """
+    import json
+
+    from pipeline.build import BuildError
+    from pipeline.read import ShardError
+    from pipeline.verify import repair_shards, verify_shards
+
+    _setup_logging(False)
+    try:
+        report = verify_shards(shards)
+        rebuilt: list[str] = []
+        if repair and not report.ok:
+            rebuilt = repair_shards(shards, report)
+            before = report
+            report = verify_shards(shards)
+    except (ShardError, BuildError, LayoutError) as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps({"ok": report.ok, "files": report.files, "samples": report.samples,
+                               "problems": [str(p) for p in report.problems], "rebuilt": rebuilt}, sort_keys=True))
+    else:
+        if rebuilt:
+            click.echo(f"repaired {len(rebuilt)} shard(s): {', '.join(rebuilt)} "
+                       f"({len(before.problems)} problem(s) before)")
+        for p in report.problems[:50]:
+            click.echo(f"PROBLEM {p}")
+        if len(report.problems) > 50:
+            click.echo(f"... and {len(report.problems) - 50} more")
+        click.echo(f"verify {shards}: {len(report.indexes)} index(es), {report.files} files, {report.samples} "
+                   f"samples: {'OK' if report.ok else str(len(report.problems)) + ' problem(s)'}")
+    if not report.ok:
+        sys.exit(1)
+
+
 @main.command("bench-loader")
 @click.argument("shards", default="shards", type=click.Path(path_type=Path))
 @click.option("--fold", type=int, default=1, show_default=True, help="Fold K: train on every part but K.")

@@ -27,6 +27,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.cluster import init_ray
 from pipeline.config import MixConfig, RayConfig, config_to_dict
+from pipeline.faults import fault_point
 from pipeline.read import SampleReader, ShardError, check_files, open_index
 from pipeline.write import (
     FORMAT_DIRS,
@@ -162,6 +163,14 @@ def _fold_out(out: Path, fold: int) -> Path:
 def mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> MixSummary:
     """Write MIDAS-mixed copies of every fold's training set; resumes an interrupted run."""
+    try:
+        return _mix_offline(cfg, ray_cfg, on_progress)
+    except OSError as e:
+        raise ShardError(f"cannot write the mixed shards: {e}; finished shards are kept and a re-run resumes") from e
+
+
+def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
+                 on_progress: Callable[[int, int], None] | None) -> MixSummary:
     t0 = time.perf_counter()
     shards = Path(cfg.shards)
     out = Path(cfg.out) if cfg.out else shards / "mixed"
@@ -233,6 +242,7 @@ def mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None = None,
                     if on_progress:
                         on_progress(done, total)
                     _write_fold_index(_fold_out(out, k), k, conf, states[k], complete=False, index=index)
+                    fault_point("build.shard_done")
         except ray.exceptions.RayTaskError as e:
             raise ShardError(f"a mix task failed; finished shards are kept and a re-run resumes: {e}") from e
         finally:
@@ -258,7 +268,7 @@ def _sha(index: dict[str, Any]) -> str:
 
 def _check_plan(fout: Path, conf: dict[str, Any], shards: list[dict[str, Any]]) -> None:
     path = fout / STATE_DIR / "plan.json"
-    ignore = ("overwrite", "out", "shards")
+    ignore = ("overwrite", "out", "shards", "fold")  # a fold's plan depends on (seed, fold, copy) only
     mine = {k: v for k, v in conf.items() if k not in ignore}
     doc = {"config": mine, "shards": shards}
     if path.is_file():

@@ -10,14 +10,16 @@ import hashlib
 import io
 import json
 import logging
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.write import INDEX_NAME, read_index
+from pipeline.write import INDEX_NAME, npy_bytes, read_index
 
-__all__ = ["ShardError", "open_index", "check_files", "SampleReader", "parse_idx"]
+__all__ = ["ShardError", "open_index", "check_files", "SampleReader", "parse_idx", "decode_members",
+           "decode_parquet_row"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,35 @@ def parse_idx(text: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     return samples
 
 
+def decode_members(frames_npy: bytes, soft_npy: bytes, json_bytes: bytes, where: str
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """One sample's members -> (frames, soft, meta), checked against the crc32 its json records.
+
+    Raises ShardError naming `where` (shard and sample) when a member is corrupt.
+    """
+    try:
+        meta = json.loads(json_bytes)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ShardError(f"{where}: json member is corrupt ({e}); run `midas-prep verify`") from e
+    crc = meta.get("crc32") if isinstance(meta, dict) else None
+    if crc:
+        for ext, data in (("frames.npy", frames_npy), ("soft.npy", soft_npy)):
+            if zlib.crc32(data) != crc.get(ext):
+                raise ShardError(f"{where}: {ext} fails its crc32 (the shard is corrupt); run `midas-prep verify`")
+    try:
+        frames = np.load(io.BytesIO(frames_npy), allow_pickle=False)
+        soft = np.load(io.BytesIO(soft_npy), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ShardError(f"{where}: an array member does not load ({e}); run `midas-prep verify`") from e
+    return frames, soft, meta
+
+
+def decode_parquet_row(row: dict[str, Any], where: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A Parquet sample row (frames, soft, json columns) -> (frames, soft, meta), crc-checked."""
+    soft_npy = npy_bytes(np.asarray(row["soft"], np.float32))  # the column holds values; crc32 is of the .npy
+    return decode_members(row["frames"], soft_npy, row["json"].encode(), where)
+
+
 class SampleReader:
     """Random access to samples by key, from tar shards (via .idx offsets) or Parquet shards."""
 
@@ -109,15 +140,13 @@ class SampleReader:
                 f.seek(off)
                 return f.read(size)
 
-            frames = np.load(io.BytesIO(member("frames.npy")), allow_pickle=False)
-            soft = np.load(io.BytesIO(member("soft.npy")), allow_pickle=False)
-            return frames, soft, json.loads(member("json"))
+            return decode_members(member("frames.npy"), member("soft.npy"), member("json"),
+                                  f"{self.root / path} sample {key}")
         import pyarrow.parquet as pq
 
         pf = self._files.get(path) or self._files.setdefault(path, pq.ParquetFile(self.root / path))
         row = pf.read_row_group(where, columns=["frames", "soft", "json"]).to_pylist()[0]  # one sample per group
-        frames = np.load(io.BytesIO(row["frames"]), allow_pickle=False)
-        return frames, np.asarray(row["soft"], np.float32), json.loads(row["json"])
+        return decode_parquet_row(row, f"{self.root / path} sample {key}")
 
     def close(self) -> None:
         for f in self._files.values():

@@ -23,8 +23,6 @@ from it, so a restored loader continues the epoch with the same batches and draw
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import StreamConfig
-from pipeline.read import ShardError, open_index, parse_idx
+from pipeline.read import ShardError, check_files, decode_members, decode_parquet_row, open_index, parse_idx
 
 __all__ = ["list_samples", "epoch_order", "ShardSource", "midas_graph", "create_loader", "MidasLoader",
            "resolve_device", "bench_loader"]
@@ -70,6 +68,11 @@ def list_samples(cfg: StreamConfig) -> list[tuple[str, str, str, Any]]:
         mroot = root / "mixed" / f"fold{cfg.fold}"
         mindex = open_index(mroot)
         sources.append((mroot, _select(mindex, cfg, fmt)))
+    for base, entries in sources:  # a missing or truncated shard is named before any reading starts
+        problems = check_files(base, entries, sha256=False)
+        if problems:
+            raise ShardError(f"{len(problems)} shard problem(s); run `midas-prep verify {root}`: "
+                             + "; ".join(problems[:5]))
     samples: list[tuple[str, str, str, Any]] = []
     for base, entries in sources:
         for e in sorted(entries, key=lambda e: e["path"]):
@@ -129,7 +132,7 @@ class ShardSource:
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """Sample i: (frames uint8 T x H x W x 3, soft float32 [C], json); no unpickling."""
-        _, fmt, path, where = self.samples[i]
+        key, fmt, path, where = self.samples[i]
         if fmt == "webdataset":
             f = self._files.get(path) or self._files.setdefault(path, open(path, "rb"))
 
@@ -137,14 +140,12 @@ class ShardSource:
                 f.seek(where[ext][0])
                 return f.read(where[ext][1])
 
-            return (np.load(io.BytesIO(member("frames.npy")), allow_pickle=False),
-                    np.load(io.BytesIO(member("soft.npy")), allow_pickle=False), json.loads(member("json")))
+            return decode_members(member("frames.npy"), member("soft.npy"), member("json"), f"{path} sample {key}")
         import pyarrow.parquet as pq
 
         pf = self._files.get(path) or self._files.setdefault(path, pq.ParquetFile(path))
         row = pf.read_row_group(where, columns=["frames", "soft", "json"]).to_pylist()[0]
-        return (np.load(io.BytesIO(row["frames"]), allow_pickle=False), np.asarray(row["soft"], np.float32),
-                json.loads(row["json"]))
+        return decode_parquet_row(row, f"{path} row {where}")
 
     def __call__(self, info: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """Batch `info.iteration` of epoch `info.epoch_idx`: (frames, soft, [sample position, label])."""

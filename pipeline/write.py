@@ -21,11 +21,14 @@ import json
 import logging
 import os
 import tarfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.faults import fault_point
 
 __all__ = [
     "FORMAT_VERSION",
@@ -38,6 +41,7 @@ __all__ = [
     "sample_nbytes",
     "plan_shards",
     "encode_sample",
+    "npy_bytes",
     "write_tar",
     "write_parquet",
     "write_shard_files",
@@ -89,7 +93,8 @@ def plan_shards(clips: Iterable[dict[str, Any]], shard_size_mb: float, nbytes: i
     return plan
 
 
-def _npy(a: np.ndarray) -> bytes:
+def npy_bytes(a: np.ndarray) -> bytes:
+    """The .npy encoding of an array (no pickling)."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
     return buf.getvalue()
@@ -102,10 +107,13 @@ def encode_sample(key: str, frames: np.ndarray, soft: np.ndarray, meta: dict[str
     )
     soft = np.asarray(soft, dtype=np.float32)
     assert abs(float(soft.sum()) - 1.0) < 1e-4, f"soft label of {key} sums to {soft.sum()}"
+    frames_npy, soft_npy = npy_bytes(frames), npy_bytes(soft)
+    # Per-sample checksums, so a reader that sees one sample (the loader) still catches a flipped byte.
+    meta = meta | {"crc32": {"frames.npy": zlib.crc32(frames_npy), "soft.npy": zlib.crc32(soft_npy)}}
     return {
         "__key__": key,
-        "frames.npy": _npy(frames),
-        "soft.npy": _npy(soft),
+        "frames.npy": frames_npy,
+        "soft.npy": soft_npy,
         "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
         "meta": meta,
         "soft": soft,
@@ -204,7 +212,7 @@ class _HashingWriter:
         return self.f.closed
 
 
-def _write_atomic(path: Path, fill: Callable[[Any], Any]) -> tuple[Any, int, str]:
+def _write_atomic(path: Path, fill: Callable[[Any], Any], point: str = "") -> tuple[Any, int, str]:
     """Call fill(file) on `<path>.tmp`, fsync, rename to `path`: nothing partial ever has a
     final name. Returns (fill's result, bytes, sha256)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,13 +222,15 @@ def _write_atomic(path: Path, fill: Callable[[Any], Any]) -> tuple[Any, int, str
         result = fill(w)
         f.flush()
         os.fsync(f.fileno())
+    if point:
+        fault_point(point)
     os.replace(tmp, path)
     return result, w.nbytes, w.sha.hexdigest()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, point: str = "") -> None:
     """Write `data` to `path` atomically (temp name, fsync, rename)."""
-    _write_atomic(path, lambda f: f.write(data))
+    _write_atomic(path, lambda f: f.write(data), point)
 
 
 def write_shard_files(
@@ -248,11 +258,12 @@ def write_shard_files(
                 os.fsync(f.fileno())
             idx_rel = f"{FORMAT_DIRS[fmt]}/{shard}.idx"
             _, idx_bytes, idx_sha = _write_atomic(out / idx_rel, lambda f, idx=idx: f.write(idx))
+            fault_point("write.shard_tmp")
             os.replace(tar_tmp, out / rel)
             entry |= {"bytes": w.nbytes, "sha256": w.sha.hexdigest(),
                       "idx": {"path": idx_rel, "bytes": idx_bytes, "sha256": idx_sha}}
         else:
-            _, nbytes, sha = _write_atomic(out / rel, lambda f: write_parquet(f, samples))
+            _, nbytes, sha = _write_atomic(out / rel, lambda f: write_parquet(f, samples), "write.shard_tmp")
             entry |= {"bytes": nbytes, "sha256": sha}
         entries.append(entry)
     return entries
@@ -268,7 +279,8 @@ def read_index(out: Path) -> dict[str, Any] | None:
 def write_index(out: Path, doc: dict[str, Any]) -> None:
     doc = dict(doc)
     doc["shards"] = sorted(doc["shards"], key=lambda e: (e["format"], e["part"], e["path"]))
-    atomic_write(Path(out) / INDEX_NAME, (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode())
+    atomic_write(Path(out) / INDEX_NAME, (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode(),
+                 "write.index_tmp")
 
 
 def _table_bytes(rows: list[dict[str, Any]], schema: Any) -> bytes:

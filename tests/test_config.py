@@ -65,9 +65,9 @@ def test_config_round_trips_through_dict():
 
 
 def test_shipped_yaml_configs_load():
-    from pipeline.config import TrainConfig
-
     from pathlib import Path
+
+    from pipeline.config import TrainConfig
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     assert load_config(BuildConfig, configs / "build/dfew.yaml").align.frame_size == 112
