@@ -48,7 +48,7 @@ from pipeline.write import (
     write_shard_files,
 )
 
-__all__ = ["BuildError", "BuildSummary", "build_shards", "process_clip", "write_shard"]
+__all__ = ["BuildError", "BuildSummary", "build_shards", "plan_build", "process_clip", "write_shard"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,29 @@ def _index_doc(cfg: BuildConfig, states: dict[str, dict], counts: dict[str, Any]
         "counts": counts,
         "complete": complete,
     }
+
+
+def plan_build(cfg: BuildConfig) -> dict[str, Any]:
+    """What build-shards would do (--dry-run): index and plan, no Ray, nothing written."""
+    index = index_dataset(cfg.dataset_root, cfg.index)
+    plan = plan_shards(index.clips, cfg.write.shard_size_mb,
+                       sample_nbytes(cfg.decode.num_frames, cfg.align.frame_size, len(cfg.index.classes)))
+    out = Path(cfg.write.out)
+    done: dict[str, dict] = {}
+    plan_file = out / STATE_DIR / "plan.json"
+    if not cfg.write.overwrite and plan_file.is_file():
+        old = json.loads(plan_file.read_text())
+        if old["config"] != cfg.output_config() or old["shards"] != plan:
+            raise BuildError(f"{out} holds a build with another config or clip list; pass --overwrite")
+        done = _load_done(out, plan)
+    parts = Counter(c["part"] for c in index.clips)
+    return {"dataset": str(cfg.dataset_root), "out": str(out), "clips": len(index.clips),
+            "unannotated": len(index.unannotated), "rejected_at_index": len(index.rejects),
+            "clips_per_part": {str(k): v for k, v in sorted(parts.items())}, "shards_planned": len(plan),
+            "shards_done": len(done),
+            "clips_to_process": sum(len(s["clip_ids"]) for s in plan if s["name"] not in done),
+            "formats": list(cfg.write.formats), "num_frames": cfg.decode.num_frames,
+            "frame_size": cfg.align.frame_size, "detector": cfg.align.detector}
 
 
 def build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | None = None) -> BuildSummary:

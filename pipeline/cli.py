@@ -6,6 +6,8 @@ flags and --set), calls one library function, and prints a one-screen summary.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -60,12 +62,14 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, default=None, help="Rebuild instead of resuming.")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), help="YAML config file.")
 @click.option("--set", "sets", multiple=True, help="Override any field: --set align.detect_every=4")
+@click.option("--dry-run", is_flag=True, help="Index and plan only: print what would be built, write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset_kind: str | None,
                      num_frames: int | None, frame_size: int | None, detector: str | None, fmt: str | None,
                      shard_size_mb: float | None, workers: int | None, ray_address: str | None,
                      limit: int | None, overwrite: bool | None, config: str | None, sets: tuple[str, ...],
-                     verbose: bool) -> None:
+                     dry_run: bool, as_json: bool, verbose: bool) -> None:
     """Build aligned fixed-length clip shards from DATASET (a DFEW copy or a manifest).
 
     \b
@@ -73,7 +77,7 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
         midas-prep build-shards dfew/                 # -> ./shards
         midas-prep build-shards dfew/ --out /data/shards --frame-size 224 --workers 8
     """
-    from pipeline.build import BuildError, build_shards
+    from pipeline.build import BuildError, build_shards, plan_build
 
     _setup_logging(verbose)
     cfg: BuildConfig = _load(BuildConfig, config, sets, {
@@ -82,6 +86,13 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
         "write.format": fmt, "write.shard_size_mb": shard_size_mb, "ray.workers": workers,
         "ray.address": ray_address, "index.limit": limit, "write.overwrite": overwrite,
     })
+    if dry_run:
+        try:
+            plan = plan_build(cfg)
+        except (LayoutError, BuildError) as e:
+            raise click.ClickException(str(e)) from e
+        _echo_plan("build-shards --dry-run", plan, as_json)
+        return
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -97,6 +108,9 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
     finally:
         if bar is not None:
             bar.close()
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(s) | {"clips_per_s": s.clips_per_s}, sort_keys=True))
+        return
     rejected = ", ".join(f"{k} {v}" for k, v in s.rejected.items() if v) or "none"
     click.echo(
         f"\nbuild-shards done: {s.out}\n"
@@ -107,6 +121,15 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
         f"{s.bytes / 1e6:.1f} MB\n"
         f"  time              {s.seconds:.1f} s, {s.clips_per_s:.2f} clips/s processed this run"
     )
+
+
+def _echo_plan(title: str, plan: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(plan, sort_keys=True))
+        return
+    click.echo(f"{title}: nothing written")
+    for k, v in plan.items():
+        click.echo(f"  {k.replace('_', ' '):<18}{v}")
 
 
 @main.command("mix-offline")
@@ -124,11 +147,13 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
 @click.option("--overwrite", is_flag=True, default=None, help="Rebuild instead of resuming.")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), help="YAML config file.")
 @click.option("--set", "sets", multiple=True, help="Override any field: --set alpha=0.4")
+@click.option("--dry-run", is_flag=True, help="Check the source and plan only: write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, copies: int | None, fold: str | None,
                     seed: int | None, include_unassigned: bool | None, fmt: str | None, shard_size_mb: float | None,
                     workers: int | None, ray_address: str | None, overwrite: bool | None, config: str | None,
-                    sets: tuple[str, ...], verbose: bool) -> None:
+                    sets: tuple[str, ...], dry_run: bool, as_json: bool, verbose: bool) -> None:
     """Write MIDAS-mixed copies of each fold's training clips to <shards>/mixed/fold{K}/.
 
     \b
@@ -137,7 +162,7 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
         midas-prep mix-offline --fold 1 --alpha 0.4 --seed 7 --include-unassigned
     """
     from pipeline.config import MixConfig, RayConfig
-    from pipeline.mix import mix_offline
+    from pipeline.mix import dry_run_mix, mix_offline
     from pipeline.read import ShardError
 
     _setup_logging(verbose)
@@ -150,6 +175,12 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
         "overwrite": overwrite,
     })
     ray_cfg = _load(RayConfig, None, (), {"workers": workers, "address": ray_address})
+    if dry_run:
+        try:
+            _echo_plan("mix-offline --dry-run", dry_run_mix(cfg), as_json)
+        except ShardError as e:
+            raise click.ClickException(str(e)) from e
+        return
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -166,6 +197,9 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
     finally:
         if bar is not None:
             bar.close()
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(s) | {"mb_per_s": s.mb_per_s}, sort_keys=True))
+        return
     q = s.lam_quantiles
     click.echo(
         f"\nmix-offline done: {s.out}\n"
@@ -193,7 +227,6 @@ def verify_cmd(shards: Path, repair: bool, as_json: bool) -> None:
         midas-prep verify shards
         midas-prep verify shards --repair
     """
-    import json
 
     from pipeline.build import BuildError
     from pipeline.read import ShardError
@@ -226,6 +259,42 @@ def verify_cmd(shards: Path, repair: bool, as_json: bool) -> None:
         sys.exit(1)
 
 
+@main.command("inspect")
+@click.argument("shards", default="shards", type=click.Path(path_type=Path))
+@click.option("--png", "png", default="inspect.png", show_default=True, type=click.Path(path_type=Path),
+              help="Contact sheet; the stats figure goes beside it as <name>-stats.png.")
+@click.option("--clips", type=int, default=6, show_default=True, help="Random clips on the contact sheet.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def inspect_cmd(shards: Path, png: Path, clips: int, seed: int, as_json: bool) -> None:
+    """Contact sheet of random clips (and mixed samples beside their sources), a stats figure
+    (labels, vote entropy, face-detection rate, rejects) and a text summary.
+
+    \b
+    Example:
+        midas-prep inspect shards --png inspect.png
+    """
+    from pipeline.inspect import inspect_shards
+    from pipeline.read import ShardError
+
+    try:
+        r = inspect_shards(shards, png, clips=clips, seed=seed)
+    except ShardError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(r, sort_keys=True))
+        return
+    ent = r["vote_entropy_bits"]
+    click.echo(
+        f"inspect {shards}: {r['written']} of {r['clips']} clips written, rejected by stage {r['rejected_by_stage']}\n"
+        f"  labels            {r['labels']}\n"
+        f"  vote entropy      mean {ent['mean']:.2f} bits, median {ent['median']:.2f}, {ent['unanimous']} unanimous\n"
+        f"  face detection    mean rate {r['face_detection_rate']['mean']:.2f}, "
+        f"lowest {r['face_detection_rate']['min']:.2f}\n"
+        f"  pictures          {r['contact_sheet']}, {r['stats']}"
+    )
+
+
 @main.command("bench-loader")
 @click.argument("shards", default="shards", type=click.Path(path_type=Path))
 @click.option("--fold", type=int, default=1, show_default=True, help="Fold K: train on every part but K.")
@@ -243,7 +312,6 @@ def bench_loader_cmd(shards: Path, fold: int, device: str, batches: int, batch_s
     Example:
         midas-prep bench-loader shards --fold 1 --device cpu --batches 20
     """
-    import json
 
     from pipeline.config import ConfigError, StreamConfig
     from pipeline.read import ShardError
@@ -269,7 +337,8 @@ def bench_loader_cmd(shards: Path, fold: int, device: str, batches: int, batch_s
 @click.option("--clips", type=int, default=60, show_default=True, help="Number of clips.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same bytes).")
 @click.option("--frames/--no-frames", default=True, show_default=True, help="Also write Clip/clip_224x224 frames.")
-def make_sample_cmd(directory: Path, clips: int, seed: int, frames: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def make_sample_cmd(directory: Path, clips: int, seed: int, frames: bool, as_json: bool) -> None:
     """Write a small DFEW-layout dataset of real mp4 clips made from a real face photo.
 
     \b
@@ -285,6 +354,9 @@ def make_sample_cmd(directory: Path, clips: int, seed: int, frames: bool) -> Non
         s = make_sample(directory, clips=clips, seed=seed, with_frames=frames, progress=lambda n: bar.update(1))
     finally:
         bar.close()
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(s) | {"root": str(s.root)}, sort_keys=True))
+        return
     click.echo(
         f"\nmake-sample done: {s.root}\n"
         f"  clips             {s.clips} ({s.single_labelled} single-labelled, in the 5 test folds)\n"

@@ -42,7 +42,8 @@ from pipeline.write import (
     write_shard_files,
 )
 
-__all__ = ["sample_lam", "mix_frames", "mix_soft", "pair_partners", "plan_mix", "mix_offline", "MixSummary"]
+__all__ = ["sample_lam", "mix_frames", "mix_soft", "pair_partners", "plan_mix", "mix_offline", "MixSummary",
+           "dry_run_mix"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,25 @@ def write_mixed_shard(shards: str, out: str, index: dict[str, Any], shard: dict[
     state = {"shard": shard["name"], "entries": entries, "lams": [p["lam"] for p in shard["pairs"]]}
     atomic_write(Path(out) / STATE_DIR / f"{shard['name']}.json", json.dumps(state, sort_keys=True).encode())
     return state
+
+
+def dry_run_mix(cfg: MixConfig) -> dict[str, Any]:
+    """What mix-offline would do (--dry-run): checks the source index and plans; writes nothing."""
+    import pyarrow.parquet as pq
+
+    shards = Path(cfg.shards)
+    index = open_index(shards)
+    clips = [c for c in pq.read_table(shards / "clips.parquet").to_pylist() if c["status"] == "written"]
+    per_shard = max(1, int(cfg.shard_size_mb * 1e6) // sample_nbytes(index["sample"]["num_frames"],
+                                                                     index["sample"]["frame_size"]))
+    plan = plan_mix(clips, cfg, per_shard)
+    out = Path(cfg.out) if cfg.out else shards / "mixed"
+    return {"shards": str(shards), "out": str(out), "folds": sorted(plan),
+            "samples_per_fold": {str(k): sum(len(s["pairs"]) for s in v) for k, v in plan.items()},
+            "shards_planned": sum(len(v) for v in plan.values()),
+            "shards_done": sum(1 for k, v in plan.items() for s in v
+                               if (_fold_out(out, k) / STATE_DIR / f"{s['name']}.json").is_file()),
+            "alpha": cfg.alpha, "copies": cfg.copies, "seed": cfg.seed, "formats": list(cfg.formats)}
 
 
 @dataclass
