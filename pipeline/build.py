@@ -30,6 +30,7 @@ from pipeline.decode import decode_clip
 from pipeline.errors import ClipRejected
 from pipeline.faults import fault_point
 from pipeline.index import index_dataset
+from pipeline.remote import delete_all, is_remote, local_dir, pull, push, remote_sizes
 from pipeline.write import (
     CLIPS_NAME,
     FORMAT_DIRS,
@@ -88,8 +89,11 @@ def process_clip(root: str, clip: dict[str, Any], dcfg: DecodeConfig, acfg: Alig
 
 
 def write_shard(out: str, shard: dict[str, Any], clips: list[dict], results: list[dict],
-                formats: tuple[str, ...], *frames: Any) -> dict[str, Any]:
-    """Write one planned shard's files and its done-file; returns the done-file's content."""
+                formats: tuple[str, ...], remote: str, *frames: Any) -> dict[str, Any]:
+    """Write one planned shard's files and its done-file; returns the done-file's content.
+
+    With a `remote` output the files are then uploaded (data, then the done-file) and the
+    local copies of the data dropped."""
     samples = []
     it = iter(frames)
     for clip, res in zip(clips, results, strict=True):
@@ -101,7 +105,17 @@ def write_shard(out: str, shard: dict[str, Any], clips: list[dict], results: lis
     state = {"shard": shard["name"], "part": shard["part"], "entries": entries,
              "results": [dict(r, shard=shard["name"]) for r in results]}
     atomic_write(Path(out) / STATE_DIR / f"{shard['name']}.json", json.dumps(state, sort_keys=True).encode())
+    if remote:
+        publish_shard(Path(out), remote, state)
     return state
+
+
+def publish_shard(out: Path, remote: str, state: dict[str, Any]) -> None:
+    """Upload a finished shard (data files, then its done-file) and drop the local data."""
+    data = [e["path"] for e in state["entries"]] + [e["idx"]["path"] for e in state["entries"] if "idx" in e]
+    push(out, remote, [*data, f"{STATE_DIR}/{state['shard']}.json"])
+    for rel in data:
+        (out / rel).unlink(missing_ok=True)
 
 
 def _prepare_out(out: Path, cfg: BuildConfig) -> None:
@@ -152,8 +166,10 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} on disk, {b!r} now"]
 
 
-def _load_done(out: Path, plan: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Done-files of planned shards whose files are all present with the recorded size."""
+def _load_done(out: Path, plan: list[dict[str, Any]], sizes: dict[str, int] | None = None
+               ) -> dict[str, dict[str, Any]]:
+    """Done-files of planned shards whose files are all present with the recorded size
+    (on the local disk, or in `sizes`, the listing of a remote output)."""
     done = {}
     for shard in plan:
         path = out / STATE_DIR / f"{shard['name']}.json"
@@ -162,7 +178,8 @@ def _load_done(out: Path, plan: list[dict[str, Any]]) -> dict[str, dict[str, Any
         state = json.loads(path.read_text())
         files = [(e["path"], e["bytes"]) for e in state["entries"]]
         files += [(e["idx"]["path"], e["idx"]["bytes"]) for e in state["entries"] if "idx" in e]
-        if all((out / p).is_file() and (out / p).stat().st_size == n for p, n in files):
+        if sizes is not None and all(sizes.get(p) == n for p, n in files) or sizes is None and all(
+                (out / p).is_file() and (out / p).stat().st_size == n for p, n in files):
             done[shard["name"]] = state
         else:
             logger.warning("shard %s is incomplete on disk; rebuilding it", shard["name"])
@@ -189,7 +206,7 @@ def plan_build(cfg: BuildConfig) -> dict[str, Any]:
     index = index_dataset(cfg.dataset_root, cfg.index)
     plan = plan_shards(index.clips, cfg.write.shard_size_mb,
                        sample_nbytes(cfg.decode.num_frames, cfg.align.frame_size, len(cfg.index.classes)))
-    out = Path(cfg.write.out)
+    out = local_dir(cfg.write.out)
     done: dict[str, dict] = {}
     plan_file = out / STATE_DIR / "plan.json"
     if not cfg.write.overwrite and plan_file.is_file():
@@ -222,8 +239,9 @@ def build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | Non
 
 def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | None) -> BuildSummary:
     t0 = time.perf_counter()
-    out = Path(cfg.write.out)
-    summary = BuildSummary(out=str(out))
+    remote = cfg.write.out if is_remote(cfg.write.out) else ""
+    out = local_dir(cfg.write.out)  # a remote output is built in this node's cache and uploaded shard by shard
+    summary = BuildSummary(out=cfg.write.out)
     index = index_dataset(cfg.dataset_root, cfg.index)
     summary.clips, summary.unannotated = len(index.clips), len(index.unannotated)
     if not index.clips:
@@ -231,10 +249,18 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
         raise BuildError(f"{cfg.dataset_root}: no usable clip in the index ({len(index.rejects)} rejected rows;"
                          f" most common reasons: {reasons})")
     _prepare_out(out, cfg)
+    sizes = None
+    if remote:
+        if cfg.write.overwrite:
+            delete_all(remote)
+        sizes = remote_sizes(remote)
+        pull(remote, out, [k for k in sizes if k.startswith(f"{STATE_DIR}/")], sizes)
     plan = plan_shards(index.clips, cfg.write.shard_size_mb,
                        sample_nbytes(cfg.decode.num_frames, cfg.align.frame_size, len(cfg.index.classes)))
     _check_plan(out, cfg, plan)
-    states = _load_done(out, plan)
+    if remote:
+        push(out, remote, [f"{STATE_DIR}/plan.json"])
+    states = _load_done(out, plan, sizes)
     summary.shards_resumed = len(states)
     todo = [s for s in plan if s["name"] not in states]
     clips_by_id = {c["clip_id"]: c for c in index.clips}
@@ -248,7 +274,7 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
                 "rejected": dict(sorted((index_rejects | dict(stages)).items()))}
 
     if todo:
-        _run_shards(cfg, out, todo, clips_by_id, states, counts, summary, on_progress)
+        _run_shards(cfg, out, todo, clips_by_id, states, counts, summary, on_progress, remote)
 
     results = {r["clip_id"]: r for s in states.values() for r in s["results"]}
     rows = []
@@ -264,6 +290,8 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
     write_rejects_table(out, rejects)
     final = counts()
     write_index(out, _index_doc(cfg, states, final, complete=True))
+    if remote:  # the tables, then index.json last: readers trust what the index lists
+        push(out, remote, [CLIPS_NAME, REJECTS_NAME, INDEX_NAME])
 
     summary.written = final["written"]
     summary.rejected = final["rejected"]
@@ -271,6 +299,7 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
     summary.shards = sum(1 for s in states.values() if s["entries"])
     summary.files = len(entries)
     summary.bytes = sum(e["bytes"] + e.get("idx", {}).get("bytes", 0) for e in entries)
+    summary.out = cfg.write.out
     summary.seconds = time.perf_counter() - t0
     if summary.written == 0:
         raise BuildError(f"no clip could be written: rejected by stage {summary.rejected}; see {out / REJECTS_NAME}")
@@ -279,7 +308,7 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
 
 def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict[str, dict],
                 states: dict[str, dict], counts: Callable[[], dict], summary: BuildSummary,
-                on_progress: Callable[[int, int], None] | None) -> None:
+                on_progress: Callable[[int, int], None] | None, remote: str) -> None:
     import ray
 
     workers, started = init_ray(cfg.ray.address, cfg.ray.workers)
@@ -305,6 +334,8 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
                 if ref in writes:
                     states[writes.pop(ref)] = ray.get(ref)
                     write_index(out, _index_doc(cfg, states, counts(), complete=False))
+                    if remote:
+                        push(out, remote, [INDEX_NAME])
                     fault_point("build.shard_done")
                     continue
                 name, cid, frames_ref = pending.pop(ref)
@@ -319,7 +350,7 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
                     results = [got[name][c][0] for c in shard["clip_ids"]]
                     frames = [got[name][c][1] for c in shard["clip_ids"] if got[name][c][1] is not None]
                     clips = [clips_by_id[c] for c in shard["clip_ids"]]
-                    writes[writer.remote(out_s, shard, clips, results, cfg.write.formats, *frames)] = name
+                    writes[writer.remote(out_s, shard, clips, results, cfg.write.formats, remote, *frames)] = name
                     del got[name]
             summary.processed = done
     except ray.exceptions.RayTaskError as e:

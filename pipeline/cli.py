@@ -213,10 +213,10 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
 
 
 @main.command("verify")
-@click.argument("shards", default="shards", type=click.Path(path_type=Path))
+@click.argument("shards", default="shards")
 @click.option("--repair", is_flag=True, help="Rebuild only the damaged shards from the source dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def verify_cmd(shards: Path, repair: bool, as_json: bool) -> None:
+def verify_cmd(shards: str, repair: bool, as_json: bool) -> None:
     """Check every shard listed in SHARDS/index.json (and mixed/fold*/index.json).
 
     Size, sha256, readability, sample count, the .idx, and every sample's arrays (shape,
@@ -296,7 +296,7 @@ def inspect_cmd(shards: Path, png: Path, clips: int, seed: int, as_json: bool) -
 
 
 @main.command("bench-loader")
-@click.argument("shards", default="shards", type=click.Path(path_type=Path))
+@click.argument("shards", default="shards")
 @click.option("--fold", type=int, default=1, show_default=True, help="Fold K: train on every part but K.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
 @click.option("--batches", type=int, default=50, show_default=True, help="Batches timed (after one warm-up).")
@@ -304,7 +304,7 @@ def inspect_cmd(shards: Path, png: Path, clips: int, seed: int, as_json: bool) -
 @click.option("--no-mix", is_flag=True, help="Turn MIDAS mixing off.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "webdataset", "parquet"]), default="auto")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def bench_loader_cmd(shards: Path, fold: int, device: str, batches: int, batch_size: int, no_mix: bool, fmt: str,
+def bench_loader_cmd(shards: str, fold: int, device: str, batches: int, batch_size: int, no_mix: bool, fmt: str,
                      as_json: bool) -> None:
     """Measure the DALI training loader (MIDAS on): clips/s and MB/s.
 

@@ -29,7 +29,9 @@ from pipeline.cluster import init_ray
 from pipeline.config import MixConfig, RayConfig, config_to_dict
 from pipeline.faults import fault_point
 from pipeline.read import SampleReader, ShardError, check_files, open_index
+from pipeline.remote import delete_all, is_remote, local_dir, pull, push, remote_sizes
 from pipeline.write import (
+    CLIPS_NAME,
     FORMAT_DIRS,
     FORMAT_VERSION,
     INDEX_NAME,
@@ -115,8 +117,13 @@ def plan_mix(clips: list[dict[str, Any]], cfg: MixConfig, per_shard: int) -> dic
 
 
 def write_mixed_shard(shards: str, out: str, index: dict[str, Any], shard: dict[str, Any], seed: int,
-                      formats: tuple[str, ...]) -> dict[str, Any]:
-    """Mix one planned shard's pairs from the source shards and write it; returns its done-file."""
+                      formats: tuple[str, ...], src_remote: str = "", out_remote: str = "") -> dict[str, Any]:
+    """Mix one planned shard's pairs from the source shards and write it; returns its done-file.
+
+    With remote sources this node first pulls them into its cache (once: sizes are checked);
+    with a remote output the shard is uploaded when written."""
+    if src_remote:
+        pull_source(src_remote, index)
     reader = SampleReader(shards, index)
     samples = []
     try:
@@ -138,21 +145,37 @@ def write_mixed_shard(shards: str, out: str, index: dict[str, Any], shard: dict[
         e["fold"], e["copy"] = shard["fold"], shard["copy"]
     state = {"shard": shard["name"], "entries": entries, "lams": [p["lam"] for p in shard["pairs"]]}
     atomic_write(Path(out) / STATE_DIR / f"{shard['name']}.json", json.dumps(state, sort_keys=True).encode())
+    if out_remote:
+        from pipeline.build import publish_shard
+
+        publish_shard(Path(out), out_remote, state)
     return state
+
+
+def pull_source(uri: str, index: dict[str, Any]) -> Path:
+    """Bring a remote build's shards (every listed file) and clips.parquet into this node's cache."""
+    rels = [CLIPS_NAME, INDEX_NAME] + [e["path"] for e in index["shards"]]
+    rels += [e["idx"]["path"] for e in index["shards"] if "idx" in e]
+    local = local_dir(uri)
+    pull(uri, local, rels)
+    return local
 
 
 def dry_run_mix(cfg: MixConfig) -> dict[str, Any]:
     """What mix-offline would do (--dry-run): checks the source index and plans; writes nothing."""
     import pyarrow.parquet as pq
 
-    shards = Path(cfg.shards)
+    shards = local_dir(cfg.shards)
+    if is_remote(cfg.shards):
+        pull(cfg.shards, shards, [INDEX_NAME, CLIPS_NAME])
     index = open_index(shards)
     clips = [c for c in pq.read_table(shards / "clips.parquet").to_pylist() if c["status"] == "written"]
     per_shard = max(1, int(cfg.shard_size_mb * 1e6) // sample_nbytes(index["sample"]["num_frames"],
                                                                      index["sample"]["frame_size"]))
     plan = plan_mix(clips, cfg, per_shard)
-    out = Path(cfg.out) if cfg.out else shards / "mixed"
-    return {"shards": str(shards), "out": str(out), "folds": sorted(plan),
+    out_uri = cfg.out or (cfg.shards.rstrip("/") + "/mixed")
+    out = local_dir(out_uri)
+    return {"shards": cfg.shards, "out": out_uri, "folds": sorted(plan),
             "samples_per_fold": {str(k): sum(len(s["pairs"]) for s in v) for k, v in plan.items()},
             "shards_planned": sum(len(v) for v in plan.values()),
             "shards_done": sum(1 for k, v in plan.items() for s in v
@@ -192,8 +215,15 @@ def mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None = None,
 def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
                  on_progress: Callable[[int, int], None] | None) -> MixSummary:
     t0 = time.perf_counter()
-    shards = Path(cfg.shards)
-    out = Path(cfg.out) if cfg.out else shards / "mixed"
+    src_remote = cfg.shards if is_remote(cfg.shards) else ""
+    out_uri = cfg.out or (cfg.shards.rstrip("/") + "/mixed")
+    out_remote = out_uri if is_remote(out_uri) else ""
+    shards = local_dir(cfg.shards)
+    out = local_dir(out_uri)
+    if src_remote:
+        pull(src_remote, shards, [INDEX_NAME])
+        if (shards / INDEX_NAME).is_file():
+            pull_source(src_remote, json.loads((shards / INDEX_NAME).read_text()))
     index = open_index(shards)
     if index.get("kind") != "clips":
         raise ShardError(f"{shards} holds {index.get('kind')!r} shards; mix-offline mixes a build-shards output")
@@ -208,7 +238,7 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
     per_shard = max(1, int(cfg.shard_size_mb * 1e6) // sample_nbytes(sample_cfg["num_frames"],
                                                                      sample_cfg["frame_size"]))
     plan = plan_mix(clips, cfg, per_shard)
-    summary = MixSummary(out=str(out), folds=sorted(plan))
+    summary = MixSummary(out=out_uri, folds=sorted(plan))
     total = sum(len(s["pairs"]) for shards_k in plan.values() for s in shards_k)
 
     conf = config_to_dict(cfg) | {"source_index_sha256": _sha(index)}
@@ -216,19 +246,32 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
     states: dict[int, dict[str, dict]] = {}
     for k, shards_k in plan.items():
         fout = _fold_out(out, k)
+        fold_uri = f"{out_remote}/fold{k}" if out_remote else ""
         if cfg.overwrite:
             for name in (*FORMAT_DIRS.values(), STATE_DIR):
                 shutil.rmtree(fout / name, ignore_errors=True)
             (fout / INDEX_NAME).unlink(missing_ok=True)
+            if fold_uri:
+                delete_all(fold_uri)
         fout.mkdir(parents=True, exist_ok=True)
         remove_temporaries(fout)
+        sizes = None
+        if fold_uri:
+            sizes = remote_sizes(fold_uri)
+            pull(fold_uri, fout, [r for r in sizes if r.startswith(f"{STATE_DIR}/")], sizes)
         _check_plan(fout, conf, shards_k)
+        if fold_uri:
+            push(fout, fold_uri, [f"{STATE_DIR}/plan.json"])
         states[k] = {}
         for s in shards_k:
             p = fout / STATE_DIR / f"{s['name']}.json"
             if p.is_file():
                 st = json.loads(p.read_text())
-                if not check_files(fout, st["entries"], sha256=False):
+                files = [(e["path"], e["bytes"]) for e in st["entries"]]
+                files += [(e["idx"]["path"], e["idx"]["bytes"]) for e in st["entries"] if "idx" in e]
+                ok = (all(sizes.get(r) == n for r, n in files) if sizes is not None
+                      else not check_files(fout, st["entries"], sha256=False))
+                if ok:
                     states[k][s["name"]] = st
                     continue
             todo.append((k, s))
@@ -250,7 +293,8 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
                 while queue and len(pending) < workers:
                     k, s = queue.pop(0)
                     ref = task.remote(str(shards.resolve()), str(_fold_out(out, k).resolve()), index_ref, s,
-                                      cfg.seed, cfg.formats)
+                                      cfg.seed, cfg.formats, src_remote,
+                                      f"{out_remote}/fold{k}" if out_remote else "")
                     pending[ref] = (k, s)
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
@@ -262,6 +306,8 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
                     if on_progress:
                         on_progress(done, total)
                     _write_fold_index(_fold_out(out, k), k, conf, states[k], complete=False, index=index)
+                    if out_remote:
+                        push(_fold_out(out, k), f"{out_remote}/fold{k}", [INDEX_NAME])
                     fault_point("build.shard_done")
         except ray.exceptions.RayTaskError as e:
             raise ShardError(f"a mix task failed; finished shards are kept and a re-run resumes: {e}") from e
@@ -272,6 +318,8 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
     lams = []
     for k in plan:
         _write_fold_index(_fold_out(out, k), k, conf, states[k], complete=True, index=index)
+        if out_remote:
+            push(_fold_out(out, k), f"{out_remote}/fold{k}", [INDEX_NAME])
         lams += [lam for s in states[k].values() for lam in s["lams"]]
         summary.shards += sum(1 for s in states[k].values() if s["entries"])
     summary.samples = total

@@ -32,6 +32,8 @@ import numpy as np
 
 from pipeline.config import StreamConfig
 from pipeline.read import ShardError, check_files, decode_members, decode_parquet_row, open_index, parse_idx
+from pipeline.remote import is_remote, local_dir, pull
+from pipeline.write import INDEX_NAME
 
 __all__ = ["list_samples", "epoch_order", "ShardSource", "midas_graph", "create_loader", "MidasLoader",
            "resolve_device", "bench_loader"]
@@ -57,7 +59,9 @@ def _select(index: dict[str, Any], cfg: StreamConfig, fmt: str) -> list[dict[str
 
 def list_samples(cfg: StreamConfig) -> list[tuple[str, str, str, Any]]:
     """Every sample of the split as (key, format, absolute shard path, where), in shard order."""
-    root = Path(cfg.shards)
+    root = local_dir(cfg.shards)  # a remote URI is read through this node's cache
+    if is_remote(cfg.shards):
+        pull(cfg.shards, root, [INDEX_NAME])
     index = open_index(root)
     formats = {e["format"] for e in index["shards"]}
     fmt = cfg.format if cfg.format != "auto" else ("webdataset" if "webdataset" in formats else "parquet")
@@ -66,8 +70,15 @@ def list_samples(cfg: StreamConfig) -> list[tuple[str, str, str, Any]]:
     sources = [(root, _select(index, cfg, fmt))]
     if cfg.offline_mixed and cfg.split == "train":
         mroot = root / "mixed" / f"fold{cfg.fold}"
+        if is_remote(cfg.shards):
+            pull(f"{cfg.shards.rstrip('/')}/mixed/fold{cfg.fold}", mroot, [INDEX_NAME])
         mindex = open_index(mroot)
         sources.append((mroot, _select(mindex, cfg, fmt)))
+    if is_remote(cfg.shards):
+        for base, entries in sources:
+            rel_base = base.relative_to(root).as_posix()
+            uri = cfg.shards.rstrip("/") + ("" if rel_base == "." else "/" + rel_base)
+            pull(uri, base, [e["path"] for e in entries] + [e["idx"]["path"] for e in entries if "idx" in e])
     for base, entries in sources:  # a missing or truncated shard is named before any reading starts
         problems = check_files(base, entries, sha256=False)
         if problems:
@@ -217,7 +228,7 @@ class MidasLoader:
         self.training = cfg.split == "train"
         drop = (cfg.last_batch or ("drop" if self.training else "partial")) == "drop"
         self.samples = list_samples(cfg)
-        self.frame_size = int(open_index(cfg.shards)["sample"]["frame_size"])
+        self.frame_size = int(open_index(local_dir(cfg.shards))["sample"]["frame_size"])
         self._it: Any = None
         self.source = ShardSource(self.samples, cfg.batch_size, cfg.seed, self.training, cfg.shard_id,
                                   cfg.num_shards, drop)

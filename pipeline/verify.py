@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.read import ShardError, check_files, decode_members, decode_parquet_row, parse_idx
+from pipeline.remote import is_remote, local_dir, pull, remote_sizes
 from pipeline.write import FORMAT_DIRS, INDEX_NAME, STATE_DIR, read_index
 
 __all__ = ["Problem", "VerifyReport", "verify_shards", "repair_shards"]
@@ -147,8 +148,33 @@ def _verify_parquet(path: Path, entry: dict[str, Any], expect: dict, ncls: int, 
                 report.problems.append(Problem(message=msg, sample=row["key"], **where))
 
 
+def _pull_remote(uri: str) -> Path:
+    """Fetch a remote shards tree (every index and every file they list) into the cache."""
+    local = local_dir(uri)
+    sizes = remote_sizes(uri)
+    indexes = [k for k in sizes if k == INDEX_NAME or (k.startswith("mixed/fold") and k.endswith("/" + INDEX_NAME))]
+    pull(uri, local, indexes, sizes)
+    for rel in indexes:
+        base = rel[: -len(INDEX_NAME)]
+        doc = json.loads((local / rel).read_text())
+        files = [e["path"] for e in doc["shards"]] + [e["idx"]["path"] for e in doc["shards"] if "idx" in e]
+        pull(uri, local, [base + f for f in files], sizes)
+    return local
+
+
 def verify_shards(shards: str | Path) -> VerifyReport:
-    """Check every shard of `shards` (and of shards/mixed/fold*) against its index.json."""
+    """Check every shard of `shards` (and of shards/mixed/fold*) against its index.json.
+
+    A remote `shards` (s3://, gs://) is pulled into the local cache first; problems name the URI."""
+    if is_remote(shards):
+        uri = str(shards).rstrip("/")
+        local = _pull_remote(uri)
+        report = verify_shards(local)
+        prefix = str(local)
+        report.problems = [replace(p, path=p.path.replace(prefix, uri, 1), index=p.index.replace(prefix, uri, 1))
+                           for p in report.problems]
+        report.indexes = [i.replace(prefix, uri, 1) for i in report.indexes]
+        return report
     shards = Path(shards)
     report = VerifyReport()
     paths = _indexes(shards)
@@ -188,6 +214,9 @@ def repair_shards(shards: str | Path, report: VerifyReport) -> list[str]:
     from pipeline.config import BuildConfig, MixConfig, load_config
     from pipeline.mix import mix_offline
 
+    if is_remote(shards):
+        raise ShardError(f"--repair works on a local shards directory; build {shards} again with build-shards "
+                         "(it resumes: only the missing or damaged objects are rebuilt once you delete them)")
     shards = Path(shards)
     damaged: dict[str, set[str]] = {}
     for p in report.problems:
