@@ -34,10 +34,26 @@ def _load(cls: type, config: str | None, sets: tuple[str, ...], flags: dict[str,
         raise click.UsageError(str(e)) from e
 
 
-def _bar(total: int, desc: str) -> Any:
+def _bar(total: int, desc: str, unit: str = "clip") -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="clip", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+
+class _Progress:
+    """`on_progress(done, total)` for a library call: a tqdm bar opened on the first report."""
+
+    def __init__(self, desc: str, unit: str) -> None:
+        self.desc, self.unit, self.bar = desc, unit, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = _bar(total, self.desc, self.unit)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,21 +109,13 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
             raise click.ClickException(str(e)) from e
         _echo_plan("build-shards --dry-run", plan, as_json)
         return
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = _bar(total, "decode+align")
-        bar.update(done - bar.n)
-
+    progress = _Progress("decode+align", "clip")
     try:
         s = build_shards(cfg, on_progress=progress)
     except (LayoutError, BuildError) as e:
         raise click.ClickException(str(e)) from e
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(s) | {"clips_per_s": s.clips_per_s}, sort_keys=True))
         return
@@ -181,22 +189,13 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
         except ShardError as e:
             raise click.ClickException(str(e)) from e
         return
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = _bar(total, "mix")
-            bar.unit = "sample"
-        bar.update(done - bar.n)
-
+    progress = _Progress("mix", "sample")
     try:
         s = mix_offline(cfg, ray_cfg, on_progress=progress)
     except ShardError as e:
         raise click.ClickException(str(e)) from e
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(s) | {"mb_per_s": s.mb_per_s}, sort_keys=True))
         return
