@@ -7,18 +7,19 @@ buffer, so a batch would hold clips of one or two shards (one part); instead a p
 fn.external_source reads each sample at its .idx byte offsets (WebDataset) or its row
 group (Parquet), which gives a shuffle across all shards and parts with the same bytes.
 
-The graph. `midas_graph` is a plain function (tests run it over known inputs):
-fn.batch_permutation pairs every sample with another of the same batch, fn.random.beta
-draws one lam per pair, frames and soft labels are mixed with that lam; then random
-resized crop, flip and colour jitter with one draw per clip (every frame alike), and
-normalisation to float N x C x T x H x W. One graph: `.gpu()` moves the batch to the
-device when a GPU is used (random.beta and batch_permutation are CPU-only operators, so
-lam and the permutation are drawn on the CPU and lam is copied over); with no GPU the
-same graph runs in a CPU-only pipeline (device_id=None).
+The graph. `midas_graph` is a plain function (tests run it over known inputs): a random
+resized crop and brightness/contrast jitter, one draw per clip (every frame alike), in
+uint8; then MIDAS: fn.batch_permutation pairs every sample with another of the same
+batch, fn.random.beta draws one lam per pair, frames and soft labels are mixed with that
+lam; then crop_mirror_normalize flips (one draw per sample), normalises and lays out float
+N x C x T x H x W. One graph: `.gpu()` moves the batch to the device when a GPU is used
+(random.beta and batch_permutation are CPU-only operators, so lam and the permutation are
+drawn on the CPU and lam is copied over); with no GPU the same graph runs in a CPU-only
+pipeline (device_id=None). Evaluation neither mixes nor augments.
 
 Resume. Pipelines are built with enable_checkpointing: `state_dict()` holds the DALI
-checkpoint (reader position and every RNG) and `load_state_dict` rebuilds the pipeline
-from it, so a restored loader continues the epoch with the same batches and draws.
+checkpoint (source position and every RNG) and `MidasLoader.from_state_dict` rebuilds the
+pipeline from it, so a restored loader continues the epoch with the same batches and draws.
 """
 
 from __future__ import annotations

@@ -154,3 +154,32 @@ def test_gpu_graph_runs_on_the_device(built):
     batch = next(iter(loader))
     assert batch["frames"].is_cuda and batch["frames"].shape[1:] == (3, 16, 112, 112)
     assert torch.allclose(batch["soft"].sum(1).cpu(), torch.ones(len(batch["soft"])), atol=1e-5)
+
+
+def test_gpu_graph_uses_only_operators_with_gpu_backends():
+    """Without a GPU: define the device="gpu" graph, list its operators, check them against DALI's
+    registry. Only random.beta, batch_permutation and the random argument generators stay on the CPU."""
+    from nvidia.dali import fn, pipeline_def
+    from nvidia.dali.ops import _registry
+
+    from pipeline.stream import midas_graph
+
+    cfg = StreamConfig(shards="unused")
+
+    @pipeline_def(batch_size=4, num_threads=1, device_id=0)
+    def pipe():
+        x, y = fn.external_source(source=lambda: ([np.zeros((2, 8, 8, 3), np.uint8)] * 4,
+                                                  [np.full(7, 1 / 7, np.float32)] * 4), num_outputs=2,
+                                  layout=["FHWC", ""])
+        frames, soft, _, _ = midas_graph(x, y, cfg, "gpu", True, 8)
+        return frames, soft
+
+    p = pipe()
+    p._build_graph()  # defines the graph without building it (building needs the GPU)
+    ops = [(getattr(o._op, "schema_name", type(o._op).__name__), o._op.device) for o in p._ops]
+    on_gpu = {name for name, dev in ops if dev == "gpu"}
+    on_cpu = {name for name, dev in ops if dev == "cpu"}
+    assert {"RandomResizedCrop", "BrightnessContrast", "PermuteBatch", "CropMirrorNormalize"} <= on_gpu
+    assert on_gpu <= set(_registry.gpu_ops())
+    assert on_cpu <= {"ExternalSource", "random__Beta", "BatchPermutation", "random__Uniform", "random__CoinFlip"}
+    assert not {"random__Beta", "BatchPermutation"} & set(_registry.gpu_ops())  # why they stay on the CPU
