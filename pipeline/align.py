@@ -246,20 +246,27 @@ def track_face(
     a face), face_score (mean score over those). Raises ClipRejected(stage="align") when
     no frame has a face.
     """
+    import cv2
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
     t_total = frames.shape[0]
-    small, scale = _downscale(frames, cfg.detect_max_side)
     tried = np.zeros(t_total, dtype=bool)
     tried[:: cfg.detect_every] = True
     tried[-1] = True
     faces: list[Face | None] = [None] * t_total
-    for t, face in zip(np.flatnonzero(tried), detector.detect(small[tried]), strict=True):
-        faces[t] = face
-    if all(f is None for f in faces) and not tried.all():
-        # Nothing in the subset: try every remaining frame before giving up on the clip.
-        rest = ~tried
-        for t, face in zip(np.flatnonzero(rest), detector.detect(small[rest]), strict=True):
+    try:  # odd media (a 4-pixel video, say) must cost that clip alone, not the build
+        small, scale = _downscale(frames, cfg.detect_max_side)
+        for t, face in zip(np.flatnonzero(tried), detector.detect(small[tried]), strict=True):
             faces[t] = face
-        tried[:] = True
+        if all(f is None for f in faces) and not tried.all():
+            # Nothing in the subset: try every remaining frame before giving up on the clip.
+            rest = ~tried
+            for t, face in zip(np.flatnonzero(rest), detector.detect(small[rest]), strict=True):
+                faces[t] = face
+            tried[:] = True
+    except (cv2.error, Fail, InvalidArgument, RuntimeException) as e:
+        raise ClipRejected(clip_id, "align", f"the detector failed on {frames.shape[2]}x{frames.shape[1]} frames: "
+                           f"{str(e).strip().splitlines()[-1][:200]}") from e
     found = [f for f in faces if f is not None]
     if not found:
         raise ClipRejected(clip_id, "align", f"no face with score >= {cfg.min_score} in any of {t_total} frames")
