@@ -40,6 +40,8 @@ from pipeline.write import (
     STATE_DIR,
     atomic_write,
     encode_sample,
+    entries_present,
+    entry_files,
     plan_shards,
     remove_temporaries,
     sample_nbytes,
@@ -112,7 +114,7 @@ def write_shard(out: str, shard: dict[str, Any], clips: list[dict], results: lis
 
 def publish_shard(out: Path, remote: str, state: dict[str, Any]) -> None:
     """Upload a finished shard (data files, then its done-file) and drop the local data."""
-    data = [e["path"] for e in state["entries"]] + [e["idx"]["path"] for e in state["entries"] if "idx" in e]
+    data = [p for p, _ in entry_files(state["entries"])]
     push(out, remote, [*data, f"{STATE_DIR}/{state['shard']}.json"])
     for rel in data:
         (out / rel).unlink(missing_ok=True)
@@ -176,10 +178,7 @@ def _load_done(out: Path, plan: list[dict[str, Any]], sizes: dict[str, int] | No
         if not path.is_file():
             continue
         state = json.loads(path.read_text())
-        files = [(e["path"], e["bytes"]) for e in state["entries"]]
-        files += [(e["idx"]["path"], e["idx"]["bytes"]) for e in state["entries"] if "idx" in e]
-        if sizes is not None and all(sizes.get(p) == n for p, n in files) or sizes is None and all(
-                (out / p).is_file() and (out / p).stat().st_size == n for p, n in files):
+        if entries_present(out, state["entries"], sizes):
             done[shard["name"]] = state
         else:
             logger.warning("shard %s is incomplete on disk; rebuilding it", shard["name"])

@@ -38,6 +38,8 @@ from pipeline.write import (
     STATE_DIR,
     atomic_write,
     encode_sample,
+    entries_present,
+    entry_files,
     remove_temporaries,
     sample_nbytes,
     write_index,
@@ -154,8 +156,7 @@ def write_mixed_shard(shards: str, out: str, index: dict[str, Any], shard: dict[
 
 def pull_source(uri: str, index: dict[str, Any]) -> Path:
     """Bring a remote build's shards (every listed file) and clips.parquet into this node's cache."""
-    rels = [CLIPS_NAME, INDEX_NAME] + [e["path"] for e in index["shards"]]
-    rels += [e["idx"]["path"] for e in index["shards"] if "idx" in e]
+    rels = [CLIPS_NAME, INDEX_NAME] + [p for p, _ in entry_files(index["shards"])]
     local = local_dir(uri)
     pull(uri, local, rels)
     return local
@@ -267,11 +268,7 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
             p = fout / STATE_DIR / f"{s['name']}.json"
             if p.is_file():
                 st = json.loads(p.read_text())
-                files = [(e["path"], e["bytes"]) for e in st["entries"]]
-                files += [(e["idx"]["path"], e["idx"]["bytes"]) for e in st["entries"] if "idx" in e]
-                ok = (all(sizes.get(r) == n for r, n in files) if sizes is not None
-                      else not check_files(fout, st["entries"], sha256=False))
-                if ok:
+                if entries_present(fout, st["entries"], sizes):
                     states[k][s["name"]] = st
                     continue
             todo.append((k, s))

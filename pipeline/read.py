@@ -19,7 +19,7 @@ import numpy as np
 from pipeline.write import INDEX_NAME, npy_bytes, read_index
 
 __all__ = ["ShardError", "open_index", "check_files", "SampleReader", "parse_idx", "decode_members",
-           "decode_parquet_row"]
+           "decode_parquet_row", "read_sample"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,26 @@ def decode_parquet_row(row: dict[str, Any], where: str) -> tuple[np.ndarray, np.
     return decode_members(row["frames"], soft_npy, row["json"].encode(), where)
 
 
+def read_sample(files: dict[str, Any], fmt: str, path: str, where: Any, name: str
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """One sample at its place in a shard: tar members at their .idx offsets (`where` =
+    {ext: (offset, size)}), or a Parquet row group (`where` = its index). `files` caches the
+    open files of this process; `name` says which sample in errors."""
+    if fmt == "webdataset":
+        f = files.get(path) or files.setdefault(path, open(path, "rb"))
+
+        def member(ext: str) -> bytes:
+            f.seek(where[ext][0])
+            return f.read(where[ext][1])
+
+        return decode_members(member("frames.npy"), member("soft.npy"), member("json"), name)
+    import pyarrow.parquet as pq
+
+    pf = files.get(path) or files.setdefault(path, pq.ParquetFile(path))
+    row = pf.read_row_group(where, columns=["frames", "soft", "json"]).to_pylist()[0]  # one sample per group
+    return decode_parquet_row(row, name)
+
+
 class SampleReader:
     """Random access to samples by key, from tar shards (via .idx offsets) or Parquet shards."""
 
@@ -132,21 +152,7 @@ class SampleReader:
     def read(self, key: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """(frames uint8 T x H x W x 3, soft float32 [C], json meta) of one sample."""
         fmt, (path, where) = self._where[key]
-        if fmt == "webdataset":
-            f = self._files.get(path) or self._files.setdefault(path, open(self.root / path, "rb"))
-
-            def member(ext: str) -> bytes:
-                off, size = where[ext]
-                f.seek(off)
-                return f.read(size)
-
-            return decode_members(member("frames.npy"), member("soft.npy"), member("json"),
-                                  f"{self.root / path} sample {key}")
-        import pyarrow.parquet as pq
-
-        pf = self._files.get(path) or self._files.setdefault(path, pq.ParquetFile(self.root / path))
-        row = pf.read_row_group(where, columns=["frames", "soft", "json"]).to_pylist()[0]  # one sample per group
-        return decode_parquet_row(row, f"{self.root / path} sample {key}")
+        return read_sample(self._files, fmt, str(self.root / path), where, f"{self.root / path} sample {key}")
 
     def close(self) -> None:
         for f in self._files.values():

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import StreamConfig
-from pipeline.read import ShardError, check_files, decode_members, decode_parquet_row, open_index, parse_idx
+from pipeline.read import ShardError, check_files, open_index, parse_idx, read_sample
 from pipeline.remote import is_remote, local_dir, pull
-from pipeline.write import INDEX_NAME
+from pipeline.write import INDEX_NAME, entry_files
 
 __all__ = ["list_samples", "epoch_order", "ShardSource", "midas_graph", "create_loader", "MidasLoader",
            "resolve_device", "bench_loader"]
@@ -79,7 +79,7 @@ def list_samples(cfg: StreamConfig) -> list[tuple[str, str, str, Any]]:
         for base, entries in sources:
             rel_base = base.relative_to(root).as_posix()
             uri = cfg.shards.rstrip("/") + ("" if rel_base == "." else "/" + rel_base)
-            pull(uri, base, [e["path"] for e in entries] + [e["idx"]["path"] for e in entries if "idx" in e])
+            pull(uri, base, [p for p, _ in entry_files(entries)])
     for base, entries in sources:  # a missing or truncated shard is named before any reading starts
         problems = check_files(base, entries, sha256=False)
         if problems:
@@ -145,19 +145,8 @@ class ShardSource:
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """Sample i: (frames uint8 T x H x W x 3, soft float32 [C], json); no unpickling."""
         key, fmt, path, where = self.samples[i]
-        if fmt == "webdataset":
-            f = self._files.get(path) or self._files.setdefault(path, open(path, "rb"))
-
-            def member(ext: str) -> bytes:
-                f.seek(where[ext][0])
-                return f.read(where[ext][1])
-
-            return decode_members(member("frames.npy"), member("soft.npy"), member("json"), f"{path} sample {key}")
-        import pyarrow.parquet as pq
-
-        pf = self._files.get(path) or self._files.setdefault(path, pq.ParquetFile(path))
-        row = pf.read_row_group(where, columns=["frames", "soft", "json"]).to_pylist()[0]
-        return decode_parquet_row(row, f"{path} row {where}")
+        name = f"{path} sample {key}" if fmt == "webdataset" else f"{path} row {where}"
+        return read_sample(self._files, fmt, path, where, name)
 
     def __call__(self, info: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """Batch `info.iteration` of epoch `info.epoch_idx`: (frames, soft, [sample position, label])."""

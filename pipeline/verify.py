@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.read import ShardError, check_files, decode_members, decode_parquet_row, parse_idx
 from pipeline.remote import is_remote, local_dir, pull, remote_sizes
-from pipeline.write import FORMAT_DIRS, INDEX_NAME, STATE_DIR, read_index
+from pipeline.write import FORMAT_DIRS, INDEX_NAME, STATE_DIR, entry_files, read_index
 
 __all__ = ["Problem", "VerifyReport", "verify_shards", "repair_shards"]
 
@@ -157,8 +157,7 @@ def _pull_remote(uri: str) -> Path:
     for rel in indexes:
         base = rel[: -len(INDEX_NAME)]
         doc = json.loads((local / rel).read_text())
-        files = [e["path"] for e in doc["shards"]] + [e["idx"]["path"] for e in doc["shards"] if "idx" in e]
-        pull(uri, local, [base + f for f in files], sizes)
+        pull(uri, local, [base + f for f, _ in entry_files(doc["shards"])], sizes)
     return local
 
 

@@ -45,6 +45,8 @@ __all__ = [
     "write_tar",
     "write_parquet",
     "write_shard_files",
+    "entry_files",
+    "entries_present",
     "atomic_write",
     "read_index",
     "write_index",
@@ -267,6 +269,20 @@ def write_shard_files(
             entry |= {"bytes": nbytes, "sha256": sha}
         entries.append(entry)
     return entries
+
+
+def entry_files(entries: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(relative path, bytes) of every file index entries list: the shard files and their .idx."""
+    files = [(e["path"], e["bytes"]) for e in entries]
+    return files + [(e["idx"]["path"], e["idx"]["bytes"]) for e in entries if "idx" in e]
+
+
+def entries_present(out: Path, entries: list[dict[str, Any]], sizes: dict[str, int] | None = None) -> bool:
+    """Every listed file is there with its recorded size: on the local disk, or in `sizes`
+    (the listing of a remote output)."""
+    if sizes is not None:
+        return all(sizes.get(p) == n for p, n in entry_files(entries))
+    return all((out / p).is_file() and (out / p).stat().st_size == n for p, n in entry_files(entries))
 
 
 def read_index(out: Path) -> dict[str, Any] | None:
