@@ -138,8 +138,26 @@ def _prepare_out(out: Path, cfg: BuildConfig) -> None:
         logger.info("removed %d temporary files left by an interrupted run", removed)
 
 
-def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]]) -> None:
-    """The plan on disk must match this run's, or resuming would mix two builds."""
+def _no_clips(cfg: BuildConfig, rejects: list[dict[str, Any]]) -> BuildError:
+    reasons = Counter(r["error"].split(": ", 1)[-1] for r in rejects).most_common(3)
+    said = "; ".join(f"{n} x {why}" for why, n in reasons) or "no clip listed"
+    return BuildError(f"{cfg.dataset_root}: no usable clip in the index ({len(rejects)} rejected rows; "
+                      f"most common reasons: {said})")
+
+
+def _check_writable(out: Path) -> None:
+    """The dry run's stand-in for _prepare_out: the nearest existing folder must take new files."""
+    import os
+
+    p = out
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise BuildError(f"output directory {out} is not writable: {p} is not a writable folder")
+
+
+def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]], write: bool = True) -> None:
+    """The plan on disk must match this run's, or resuming would mix two builds (the dry run checks, no write)."""
     path = out / STATE_DIR / "plan.json"
     doc = {"config": cfg.output_config(), "shards": plan}
     if path.is_file():
@@ -156,7 +174,8 @@ def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]]) -> None
                 "pass --overwrite to rebuild it or choose another --out"
             )
         return
-    atomic_write(path, json.dumps(doc, sort_keys=True).encode())
+    if write:
+        atomic_write(path, json.dumps(doc, sort_keys=True).encode())
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -201,17 +220,20 @@ def _index_doc(cfg: BuildConfig, states: dict[str, dict], counts: dict[str, Any]
 
 
 def plan_build(cfg: BuildConfig) -> dict[str, Any]:
-    """What build-shards would do (--dry-run): index and plan, no Ray, nothing written."""
+    """What build-shards would do (--dry-run): index and plan, no Ray, nothing written.
+
+    Makes the refusals the real run would make before its first clip: no usable clip, an
+    output that cannot be written, a build of another config or clip list in --out."""
     index = index_dataset(cfg.dataset_root, cfg.index)
+    if not index.clips:
+        raise _no_clips(cfg, index.rejects)
     plan = plan_shards(index.clips, cfg.write.shard_size_mb,
                        sample_nbytes(cfg.decode.num_frames, cfg.align.frame_size, len(cfg.index.classes)))
     out = local_dir(cfg.write.out)
+    _check_writable(out)
     done: dict[str, dict] = {}
-    plan_file = out / STATE_DIR / "plan.json"
-    if not cfg.write.overwrite and plan_file.is_file():
-        old = json.loads(plan_file.read_text())
-        if old["config"] != cfg.output_config() or old["shards"] != plan:
-            raise BuildError(f"{out} holds a build with another config or clip list; pass --overwrite")
+    if not cfg.write.overwrite:  # the same refusal the real run would make
+        _check_plan(out, cfg, plan, write=False)
         done = _load_done(out, plan)
     parts = Counter(c["part"] for c in index.clips)
     return {"dataset": str(cfg.dataset_root), "out": str(out), "clips": len(index.clips),
@@ -244,9 +266,7 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
     index = index_dataset(cfg.dataset_root, cfg.index)
     summary.clips, summary.unannotated = len(index.clips), len(index.unannotated)
     if not index.clips:
-        reasons = Counter(r["error"].split(": ", 1)[-1] for r in index.rejects).most_common(3)
-        raise BuildError(f"{cfg.dataset_root}: no usable clip in the index ({len(index.rejects)} rejected rows;"
-                         f" most common reasons: {reasons})")
+        raise _no_clips(cfg, index.rejects)
     _prepare_out(out, cfg)
     sizes = None
     if remote:
@@ -301,7 +321,8 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
     summary.out = cfg.write.out
     summary.seconds = time.perf_counter() - t0
     if summary.written == 0:
-        raise BuildError(f"no clip could be written: rejected by stage {summary.rejected}; see {out / REJECTS_NAME}")
+        said = ", ".join(f"{n} at {stage}" for stage, n in summary.rejected.items() if n)
+        raise BuildError(f"no clip could be written: rejected {said}; the reasons are in {out / REJECTS_NAME}")
     return summary
 
 

@@ -16,7 +16,17 @@ from typing import Any
 import click
 
 from pipeline import __version__
-from pipeline.config import BuildConfig, ConfigError, load_config, parse_set
+from pipeline.config import (
+    AlignConfig,
+    BuildConfig,
+    ConfigError,
+    DecodeConfig,
+    IndexConfig,
+    MixConfig,
+    WriteConfig,
+    load_config,
+    parse_set,
+)
 from pipeline.errors import LayoutError
 
 logger = logging.getLogger(__name__)
@@ -28,10 +38,28 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _load(cls: type, config: str | None, sets: tuple[str, ...], flags: dict[str, Any]) -> Any:
+    """defaults < YAML < --set < flags given: a flag left out (None) must not hide a --set of its field."""
     try:
-        return load_config(cls, config, parse_set(sets) | flags)
+        given = {k: v for k, v in flags.items() if v is not None}
+        return load_config(cls, config, parse_set(sets) | given)
     except ConfigError as e:
         raise click.UsageError(str(e)) from e
+
+
+def _plain(counts: dict[str, int], notes: dict[str, str] | None = None) -> str:
+    """{'align': 3, 'decode': 1} -> '3 at align (no face), 1 at decode'; 'none' when empty."""
+    notes = notes or {}
+    parts = [f"{n} at {k}" + (f" ({notes[k]})" if k in notes else "") for k, n in counts.items() if n]
+    return ", ".join(parts) or "none"
+
+
+def _words(items: Any) -> str:
+    """['webdataset', 'parquet'] -> 'webdataset, parquet'; {'1': 3} -> '1: 3'."""
+    if isinstance(items, dict):
+        return ", ".join(f"{k}: {_words(v)}" for k, v in items.items()) or "none"
+    if isinstance(items, (list, tuple)):
+        return ", ".join(map(str, items)) or "none"
+    return str(items)
 
 
 def _bar(total: int, desc: str, unit: str = "clip") -> Any:
@@ -56,28 +84,59 @@ class _Progress:
             self.bar.close()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="midas-prep")
+def _default(cls: type, name: str) -> str:
+    """A config field's default as the help shows it ([default: X]), so help and config cannot drift."""
+    return str(getattr(cls, name))
+
+
+class _Option(click.Option):
+    """Shows a string show_default like any other default: [default: all cores], not [default: (all cores)]."""
+
+    def get_help_extra(self, ctx: click.Context) -> Any:
+        extra = super().get_help_extra(ctx)
+        if isinstance(self.show_default, str):
+            extra["default"] = self.show_default
+        return extra
+
+
+def _opt(*args: Any, **kwargs: Any) -> Any:
+    return click.option(*args, cls=_Option, **kwargs)
+
+
+_version = click.version_option(__version__, "--version", prog_name="midas-prep")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@_version
 def main() -> None:
     """Preprocess DFER video datasets into training shards and augment them with MIDAS."""
 
 
 @main.command("build-shards")
+@_version
 @click.argument("dataset", type=click.Path(path_type=Path))
-@click.option("--out", help="Output directory (default: ./shards).")
-@click.option("--source", type=click.Choice(["videos", "frames", "auto"]), help="DFEW clip source (default auto).")
-@click.option("--dataset-kind", type=click.Choice(["auto", "dfew", "manifest"]), help="Adapter (default auto).")
-@click.option("--num-frames", type=int, help="T, frames per clip (default 16).")
-@click.option("--frame-size", type=int, help="S, crops are S x S (default 112).")
-@click.option("--detector", type=click.Choice(["retinaface", "mtcnn", "none"]), help="Face detector.")
-@click.option("--format", "fmt", type=click.Choice(["webdataset", "parquet", "both"]), help="Shard format.")
-@click.option("--shard-size-mb", type=float, help="Target shard size in MB (default 256).")
-@click.option("--workers", type=int, help="Clips processed at once (default: all cores).")
-@click.option("--ray-address", help="Join this Ray cluster (default: RAY_ADDRESS, else local Ray).")
-@click.option("--limit", type=int, help="Only the first N clips (quick trials).")
-@click.option("--overwrite", is_flag=True, default=None, help="Rebuild instead of resuming.")
+@_opt("--out", show_default=_default(WriteConfig, "out"), help="Output directory.")
+@_opt("--source", type=click.Choice(["videos", "frames", "auto"]), show_default=_default(IndexConfig, "source"),
+       help="DFEW clip source: videos (Clip/original), frames (Clip/clip_224x224), auto (videos first).")
+@_opt("--dataset-kind", type=click.Choice(["auto", "dfew", "manifest"]),
+       show_default=_default(IndexConfig, "dataset"), help="Dataset adapter.")
+@_opt("--num-frames", type=int, show_default=_default(DecodeConfig, "num_frames"),
+       help="T, frames per clip.")
+@_opt("--frame-size", type=int, show_default=_default(AlignConfig, "frame_size"),
+       help="S, aligned crops are S x S.")
+@_opt("--detector", type=click.Choice(["retinaface", "mtcnn", "none"]),
+       show_default=_default(AlignConfig, "detector"), help="Face detector (none: input is already cropped).")
+@_opt("--format", "fmt", type=click.Choice(["webdataset", "parquet", "both"]),
+       show_default=_default(WriteConfig, "format"), help="Shard format.")
+@_opt("--shard-size-mb", type=float, show_default=_default(WriteConfig, "shard_size_mb"),
+       help="Target shard size in MB.")
+@_opt("--workers", type=int, show_default="all cores", help="Clips processed at once.")
+@_opt("--ray-address", show_default="RAY_ADDRESS, else a local Ray", help="Join this Ray cluster.")
+@_opt("--limit", type=int, show_default="all clips", help="Only the first N clips (quick trials).")
+@click.option("--overwrite", is_flag=True, default=None, help="Rebuild instead of resuming (also removes mixed/).")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), help="YAML config file.")
-@click.option("--set", "sets", multiple=True, help="Override any field: --set align.detect_every=4")
+@click.option("--set", "sets", multiple=True,
+              help="Override any field (repeatable); a flag given explicitly wins: --set align.detect_every=4")
 @click.option("--dry-run", is_flag=True, help="Index and plan only: print what would be built, write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
@@ -119,16 +178,41 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(s) | {"clips_per_s": s.clips_per_s}, sort_keys=True))
         return
-    rejected = ", ".join(f"{k} {v}" for k, v in s.rejected.items() if v) or "none"
+    rejected = _plain(s.rejected, _reject_notes(Path(s.out)))
     click.echo(
         f"\nbuild-shards done: {s.out}\n"
         f"  clips indexed     {s.clips}  (+{s.unannotated} files without annotation, skipped)\n"
         f"  clips written     {s.written}\n"
-        f"  rejected by stage {rejected}  (see {Path(s.out) / 'rejects.parquet'})\n"
+        f"  rejected          {rejected}  (reasons in {Path(s.out) / 'rejects.parquet'})\n"
         f"  shards            {s.shards} ({s.shards_resumed} already complete, resumed), {s.files} files, "
         f"{s.bytes / 1e6:.1f} MB\n"
         f"  time              {s.seconds:.1f} s, {s.clips_per_s:.2f} clips/s processed this run"
     )
+
+
+_SHORT_REASONS = (("no face", "no face"), ("truncated or corrupt", "truncated or corrupt file"),
+                  ("file not found", "file not found"), ("detector failed", "detector failed"))
+
+
+def _reject_notes(out: Path) -> dict[str, str]:
+    """Per stage, the kinds of reasons in <out>/rejects.parquet in words ({'align': 'no face'})."""
+    from pipeline.write import REJECTS_NAME
+
+    path = out / REJECTS_NAME
+    if not path.is_file():
+        return {}
+    import pyarrow.parquet as pq
+
+    kinds: dict[str, dict[str, int]] = {}
+    for r in pq.read_table(path, columns=["stage", "error"]).to_pylist():
+        short = next((word for key, word in _SHORT_REASONS if key in (r["error"] or "")), "other")
+        kinds.setdefault(r["stage"], {}).setdefault(short, 0)
+        kinds[r["stage"]][short] += 1
+    notes = {}
+    for stage, k in kinds.items():
+        if set(k) != {"other"}:
+            notes[stage] = k.popitem()[0] if len(k) == 1 else ", ".join(f"{n} {w}" for w, n in k.items())
+    return notes
 
 
 def _echo_plan(title: str, plan: dict[str, Any], as_json: bool) -> None:
@@ -137,25 +221,31 @@ def _echo_plan(title: str, plan: dict[str, Any], as_json: bool) -> None:
         return
     click.echo(f"{title}: nothing written")
     for k, v in plan.items():
-        click.echo(f"  {k.replace('_', ' '):<18}{v}")
+        click.echo(f"  {k.replace('_', ' '):<18}{_words(v)}")
 
 
 @main.command("mix-offline")
-@click.option("--shards", help="build-shards output to mix (default: ./shards).")
-@click.option("--out", help="Output directory (default: <shards>/mixed).")
-@click.option("--alpha", type=float, help="lam ~ Beta(alpha, alpha) (default 0.8, as in the MIDAS paper).")
-@click.option("--copies", type=int, help="Mixed samples per training clip of a fold (default 1).")
-@click.option("--fold", help="Fold K (1..5) or 'all' (default all).")
-@click.option("--seed", type=int, help="Random seed: same seed, same bytes (default 0).")
+@_version
+@_opt("--shards", show_default=_default(MixConfig, "shards"), help="build-shards output to mix.")
+@_opt("--out", show_default="<shards>/mixed", help="Output directory.")
+@_opt("--alpha", type=float, show_default=_default(MixConfig, "alpha"),
+       help="lam ~ Beta(alpha, alpha); 0.8 is the MIDAS paper's.")
+@_opt("--copies", type=int, show_default=_default(MixConfig, "copies"),
+       help="Mixed samples per training clip of a fold.")
+@_opt("--fold", show_default="all", help="Fold K (1..5) or 'all'.")
+@_opt("--seed", type=int, show_default=_default(MixConfig, "seed"), help="Random seed: same seed, same bytes.")
 @click.option("--include-unassigned", is_flag=True, default=None, help="Also pair with clips in no fold (part 0).")
-@click.option("--format", "fmt", type=click.Choice(["webdataset", "parquet", "both"]), help="Output format.")
-@click.option("--shard-size-mb", type=float, help="Target shard size in MB (default 256).")
-@click.option("--workers", type=int, help="Shards mixed at once (default: all cores).")
-@click.option("--ray-address", help="Join this Ray cluster (default: RAY_ADDRESS, else local Ray).")
+@_opt("--format", "fmt", type=click.Choice(["webdataset", "parquet", "both"]),
+       show_default=_default(MixConfig, "format"), help="Output format.")
+@_opt("--shard-size-mb", type=float, show_default=_default(MixConfig, "shard_size_mb"),
+       help="Target shard size in MB.")
+@_opt("--workers", type=int, show_default="all cores", help="Shards mixed at once.")
+@_opt("--ray-address", show_default="RAY_ADDRESS, else a local Ray", help="Join this Ray cluster.")
 @click.option("--overwrite", is_flag=True, default=None, help="Rebuild instead of resuming.")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), help="YAML config file.")
-@click.option("--set", "sets", multiple=True, help="Override any field: --set alpha=0.4")
-@click.option("--dry-run", is_flag=True, help="Check the source and plan only: write nothing.")
+@click.option("--set", "sets", multiple=True,
+              help="Override any field (repeatable); a flag given explicitly wins: --set alpha=0.4")
+@click.option("--dry-run", is_flag=True, help="Check the source, the output and the plan: write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, copies: int | None, fold: str | None,
@@ -169,7 +259,7 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
         midas-prep mix-offline --copies 2               # ./shards -> ./shards/mixed/fold1..5
         midas-prep mix-offline --fold 1 --alpha 0.4 --seed 7 --include-unassigned
     """
-    from pipeline.config import MixConfig, RayConfig
+    from pipeline.config import RayConfig
     from pipeline.mix import dry_run_mix, mix_offline
     from pipeline.read import ShardError
 
@@ -212,6 +302,7 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
 
 
 @main.command("verify")
+@_version
 @click.argument("shards", default="shards")
 @click.option("--repair", is_flag=True, help="Rebuild only the damaged shards from the source dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
@@ -259,11 +350,12 @@ def verify_cmd(shards: str, repair: bool, as_json: bool) -> None:
 
 
 @main.command("inspect")
+@_version
 @click.argument("shards", default="shards", type=click.Path(path_type=Path))
-@click.option("--png", "png", default="inspect.png", show_default=True, type=click.Path(path_type=Path),
+@click.option("--png", "png", default="inspect.png", type=click.Path(path_type=Path),
               help="Contact sheet; the stats figure goes beside it as <name>-stats.png.")
-@click.option("--clips", type=int, default=6, show_default=True, help="Random clips on the contact sheet.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--clips", type=int, default=6, help="Random clips on the contact sheet.")
+@click.option("--seed", type=int, default=0, help="Random seed for the clips picked.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def inspect_cmd(shards: Path, png: Path, clips: int, seed: int, as_json: bool) -> None:
     """Contact sheet of random clips (and mixed samples beside their sources), a stats figure
@@ -283,25 +375,29 @@ def inspect_cmd(shards: Path, png: Path, clips: int, seed: int, as_json: bool) -
     if as_json:
         click.echo(json.dumps(r, sort_keys=True))
         return
-    ent = r["vote_entropy_bits"]
+    ent, face = r["vote_entropy_bits"], r["face_detection_rate"]
     click.echo(
-        f"inspect {shards}: {r['written']} of {r['clips']} clips written, rejected by stage {r['rejected_by_stage']}\n"
-        f"  labels            {r['labels']}\n"
+        f"inspect {shards}: {r['written']} of {r['clips']} clips written; rejected: "
+        f"{_plain(r['rejected_by_stage'], _reject_notes(Path(shards)))}\n"
+        f"  labels            {_words(r['labels'])}\n"
         f"  vote entropy      mean {ent['mean']:.2f} bits, median {ent['median']:.2f}, {ent['unanimous']} unanimous\n"
-        f"  face detection    mean rate {r['face_detection_rate']['mean']:.2f}, "
-        f"lowest {r['face_detection_rate']['min']:.2f}\n"
+        f"  face detection    mean rate {face['mean']:.2f} over {face['clips']} clips "
+        f"({face['rejected_no_face']} rejected for no face count as 0), lowest {face['min']:.2f}\n"
         f"  pictures          {r['contact_sheet']}, {r['stats']}"
     )
 
 
 @main.command("bench-loader")
+@_version
 @click.argument("shards", default="shards")
-@click.option("--fold", type=int, default=1, show_default=True, help="Fold K: train on every part but K.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
-@click.option("--batches", type=int, default=50, show_default=True, help="Batches timed (after one warm-up).")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--fold", type=int, default=1, help="Fold K: train on every part but K.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+              help="Where DALI runs (auto: the GPU if one is visible).")
+@click.option("--batches", type=int, default=50, help="Batches timed (after one warm-up).")
+@click.option("--batch-size", type=int, default=32, help="Clips per batch.")
 @click.option("--no-mix", is_flag=True, help="Turn MIDAS mixing off.")
-@click.option("--format", "fmt", type=click.Choice(["auto", "webdataset", "parquet"]), default="auto")
+@click.option("--format", "fmt", type=click.Choice(["auto", "webdataset", "parquet"]), default="auto",
+              help="Shard format to read (auto: webdataset when present).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def bench_loader_cmd(shards: str, fold: int, device: str, batches: int, batch_size: int, no_mix: bool, fmt: str,
                      as_json: bool) -> None:
@@ -332,10 +428,11 @@ def bench_loader_cmd(shards: str, fold: int, device: str, batches: int, batch_si
 
 
 @main.command("make-sample")
+@_version
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--clips", type=int, default=60, show_default=True, help="Number of clips.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same bytes).")
-@click.option("--frames/--no-frames", default=True, show_default=True, help="Also write Clip/clip_224x224 frames.")
+@click.option("--clips", type=int, default=60, help="Number of clips.")
+@click.option("--seed", type=int, default=0, help="Random seed (same seed, same bytes).")
+@click.option("--frames/--no-frames", default=True, help="Also write Clip/clip_224x224 frames.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def make_sample_cmd(directory: Path, clips: int, seed: int, frames: bool, as_json: bool) -> None:
     """Write a small DFEW-layout dataset of real mp4 clips made from a real face photo.
@@ -344,10 +441,11 @@ def make_sample_cmd(directory: Path, clips: int, seed: int, frames: bool, as_jso
     Example:
         midas-prep make-sample dfew/ && midas-prep build-shards dfew/
     """
-    from pipeline.sample import make_sample
+    from pipeline.sample import MIN_CLIPS, make_sample
 
-    if clips < 5:
-        raise click.UsageError(f"--clips {clips}: need at least 5 clips (one per DFEW fold)")
+    if clips < MIN_CLIPS:
+        raise click.UsageError(f"--clips {clips}: need at least {MIN_CLIPS} clips (2 without a face, 1 corrupt, "
+                               "3 with fixed roles)")
     bar = _bar(clips, "make-sample")
     try:
         s = make_sample(directory, clips=clips, seed=seed, with_frames=frames, progress=lambda n: bar.update(1))

@@ -38,45 +38,69 @@ def _reduced_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(2, int(round(width * s / 2)) * 2), max(2, int(round(height * s / 2)) * 2)
 
 
-def decode_video(path: Path, clip_id: str, cfg: DecodeConfig) -> np.ndarray:
-    """Decode only the sampled frames, at reduced resolution when the video is large."""
+def decode_video(path: Path, clip_id: str, cfg: DecodeConfig, name: str = "") -> np.ndarray:
+    """Decode only the sampled frames, at reduced resolution when the video is large.
+
+    Reject reasons name the file as `name` (its path under the dataset root, so rejects.parquet
+    does not depend on where the dataset sits) and say what a user can do with it: a file that
+    decord cannot open or read a frame of is reported as truncated or corrupt, with its size."""
     import decord
 
+    name = name or path.name
+    broken = f"file truncated or corrupt (size {path.stat().st_size} bytes)"
     try:
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         n = len(vr)
         if n <= 0:
-            raise ClipRejected(clip_id, "decode", f"{path.name}: video has no frames")
+            raise ClipRejected(clip_id, "decode", f"{name}: video has no frames")
         h, w = vr[0].shape[:2]
         rw, rh = _reduced_size(w, h, cfg.decode_max_side)
         if (rw, rh) != (w, h):
             vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=rw, height=rh, num_threads=1)
             n = min(n, len(vr))
-        frames = vr.get_batch(sample_indices(n, cfg.num_frames).tolist()).asnumpy()
-    except decord.DECORDError as e:
-        raise ClipRejected(clip_id, "decode", f"{path.name}: decord cannot decode it: {_first_line(e)}") from e
-    except (RuntimeError, IndexError, ValueError, OSError) as e:
-        raise ClipRejected(clip_id, "decode", f"{path.name}: {type(e).__name__}: {_first_line(e)}") from e
+    except (decord.DECORDError, RuntimeError) as e:
+        raise ClipRejected(clip_id, "decode", f"{name}: cannot open the video: {broken}") from e
+    except (IndexError, ValueError, OSError) as e:
+        raise ClipRejected(clip_id, "decode", f"{name}: cannot open the video: {_first_line(e, path, name)}") from e
+    idx = sample_indices(n, cfg.num_frames).tolist()
+    try:
+        frames = vr.get_batch(idx).asnumpy()
+    except (decord.DECORDError, RuntimeError, IndexError, ValueError, OSError) as e:
+        bad = _first_bad_frame(vr, idx)
+        where = f"frame {bad} of {n}" if bad is not None else f"the {len(idx)} sampled frames of {n}"
+        raise ClipRejected(clip_id, "decode", f"{name}: cannot decode {where}: {broken}") from e
     if frames.ndim != 4 or frames.shape[0] != cfg.num_frames or frames.shape[-1] != 3:
-        raise ClipRejected(clip_id, "decode", f"{path.name}: decoded shape {frames.shape} is not T x H x W x 3")
+        raise ClipRejected(clip_id, "decode", f"{name}: decoded shape {frames.shape} is not T x H x W x 3")
     return np.ascontiguousarray(frames, dtype=np.uint8)
 
 
-def decode_frame_folder(path: Path, clip_id: str, cfg: DecodeConfig) -> np.ndarray:
-    """Read the sampled frames of a folder of images named in frame order (1.jpg, 00001_00001.jpg)."""
+def _first_bad_frame(vr: object, idx: list[int]) -> int | None:
+    """The first sampled frame index decord cannot read alone (only run once a batch has failed)."""
+    for i in dict.fromkeys(idx):
+        try:
+            vr[i].asnumpy()  # type: ignore[index]
+        except Exception:  # noqa: BLE001 - any decoder failure marks the frame
+            return i
+    return None
+
+
+def decode_frame_folder(path: Path, clip_id: str, cfg: DecodeConfig, name: str = "") -> np.ndarray:
+    """Read the sampled frames of a folder of images named in frame order (1.jpg, 00001_00001.jpg);
+    reasons name the folder as `name` (its path under the dataset root)."""
     import cv2
 
     files = sorted(
         (p.name for p in path.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS), key=natural_key
     ) if path.is_dir() else []
+    name = name or str(path)
     if not files:
-        raise ClipRejected(clip_id, "decode", f"{path}: no frame images ({', '.join(FRAME_EXTENSIONS)})")
+        raise ClipRejected(clip_id, "decode", f"{name}: no frame images ({', '.join(FRAME_EXTENSIONS)})")
     frames: list[np.ndarray] = []
     size: tuple[int, int] | None = None
     for i in sample_indices(len(files), cfg.num_frames):
         img = cv2.imread(str(path / files[i]), cv2.IMREAD_COLOR)
         if img is None:
-            raise ClipRejected(clip_id, "decode", f"{path / files[i]}: unreadable image")
+            raise ClipRejected(clip_id, "decode", f"{name}/{files[i]}: unreadable image (truncated or not an image)")
         if size is None:
             size = _reduced_size(img.shape[1], img.shape[0], cfg.decode_max_side)
         if (img.shape[1], img.shape[0]) != size:
@@ -88,15 +112,17 @@ def decode_frame_folder(path: Path, clip_id: str, cfg: DecodeConfig) -> np.ndarr
 def decode_clip(root: Path, clip: dict, cfg: DecodeConfig) -> np.ndarray:
     """A clips-table row -> uint8 T x H x W x 3 RGB; raises ClipRejected(stage="decode")."""
     path = Path(root) / clip["source"]
+    name = clip["source"]  # relative to the dataset root: the same reason wherever the dataset sits
     if clip["source_kind"] == "frames":
-        return decode_frame_folder(path, clip["clip_id"], cfg)
+        return decode_frame_folder(path, clip["clip_id"], cfg, name)
     if not path.is_file():
-        raise ClipRejected(clip["clip_id"], "decode", f"{path}: file not found")
+        raise ClipRejected(clip["clip_id"], "decode", f"{name}: file not found")
     if path.stat().st_size == 0:
-        raise ClipRejected(clip["clip_id"], "decode", f"{path.name}: empty file (0 bytes)")
-    return decode_video(path, clip["clip_id"], cfg)
+        raise ClipRejected(clip["clip_id"], "decode", f"{name}: empty file (0 bytes)")
+    return decode_video(path, clip["clip_id"], cfg, name)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
+def _first_line(e: BaseException, path: Path, name: str) -> str:
+    """The first line of an error, with the absolute path replaced by the dataset-relative name."""
+    text = str(e).strip().replace(str(path), name).splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__

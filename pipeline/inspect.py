@@ -69,13 +69,18 @@ def inspect_shards(shards: str | Path, png: str | Path, clips: int = 6, seed: in
 
     def show(r: int, frames: np.ndarray, soft: np.ndarray, title: str) -> None:
         axes[r, 0].imshow(_frames_row(frames, frames_per_row))
-        axes[r, 0].set_axis_off()
+        axes[r, 0].set_xticks([])
+        axes[r, 0].set_yticks([])
         axes[r, 0].set_title(title, fontsize=7, loc="left")
+        axes[r, 0].set_xlabel(f"{frames_per_row} of {len(frames)} frames, in time order", fontsize=6, labelpad=1)
+        axes[r, 0].set_ylabel("face crop", fontsize=6)
         axes[r, 1].barh(range(len(classes)), soft, color="tab:blue")
         axes[r, 1].set_xlim(0, 1)
         axes[r, 1].set_yticks(range(len(classes)), classes, fontsize=6)
         axes[r, 1].invert_yaxis()
         axes[r, 1].tick_params(axis="x", labelsize=6)
+        axes[r, 1].set_xlabel("soft label (share of votes)", fontsize=6, labelpad=1)
+        axes[r, 1].set_ylabel("class", fontsize=6)
 
     r = 0
     for cid in picks:
@@ -93,6 +98,7 @@ def inspect_shards(shards: str | Path, png: str | Path, clips: int = 6, seed: in
             show(r, f2, s2, f"  source {src}  weight {w:.3f}")
         r += 1
     fig.tight_layout()
+    panels = _panel_labels("contact sheet", fig)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -102,7 +108,9 @@ def inspect_shards(shards: str | Path, png: str | Path, clips: int = 6, seed: in
     labels = np.array([c["label"] for c in written])
     tried = np.array([c["face_tried"] or 0 for c in written], dtype=np.float64)
     found = np.array([c["face_frames"] or 0 for c in written], dtype=np.float64)
-    rate = np.divide(found, tried, out=np.ones_like(found), where=tried > 0)
+    # clips rejected for no face had a face in none of their frames: rate 0, not left out
+    no_face = sum(1 for rj in rejects if rj["stage"] == "align" and "no face" in (rj["error"] or ""))
+    rate = np.concatenate([np.divide(found, tried, out=np.ones_like(found), where=tried > 0), np.zeros(no_face)])
     stages: dict[str, int] = {}
     for rj in rejects:
         stages[rj["stage"]] = stages.get(rj["stage"], 0) + 1
@@ -112,13 +120,18 @@ def inspect_shards(shards: str | Path, png: str | Path, clips: int = 6, seed: in
     ax[0, 0].bar(classes + ["none"], counts, color="tab:blue")
     ax[0, 0].set_title("clips per label (none = not single-labelled)", fontsize=9)
     ax[0, 0].tick_params(axis="x", labelsize=7, rotation=30)
+    ax[0, 0].set(xlabel="label", ylabel="clips written")
     ax[0, 1].hist(ent, bins=20, range=(0, np.log2(len(classes))), color="tab:orange")
     ax[0, 1].set_title("vote entropy (bits): 0 = unanimous", fontsize=9)
+    ax[0, 1].set(xlabel="vote entropy (bits)", ylabel="clips written")
     ax[1, 0].hist(rate, bins=10, range=(0, 1), color="tab:green")
-    ax[1, 0].set_title("face-detection rate per clip (frames with a face / frames tried)", fontsize=9)
+    ax[1, 0].set_title(f"face-detection rate per clip ({no_face} rejected for no face count as 0)", fontsize=9)
+    ax[1, 0].set(xlabel="frames with a face / frames tried", ylabel="clips")
     ax[1, 1].bar(["written"] + list(stages), [len(written)] + list(stages.values()), color="tab:red")
     ax[1, 1].set_title("clips written and rejected by stage", fontsize=9)
+    ax[1, 1].set(xlabel="outcome (rejected at stage)", ylabel="clips")
     fig.tight_layout()
+    panels += _panel_labels("stats", fig)
     stats_png = png.with_name(png.stem + "-stats.png")
     fig.savefig(stats_png, dpi=100)
     plt.close(fig)
@@ -128,5 +141,12 @@ def inspect_shards(shards: str | Path, png: str | Path, clips: int = 6, seed: in
             "labels": dict(zip(classes + ["none"], counts, strict=True)),
             "vote_entropy_bits": {"mean": float(ent.mean()), "median": float(np.median(ent)),
                                   "unanimous": int((ent < 1e-9).sum())},
-            "face_detection_rate": {"mean": float(rate.mean()), "min": float(rate.min())},
-            "mixed_folds": len(mixed), "sample": index["sample"]}
+            "face_detection_rate": {"mean": float(rate.mean()), "min": float(rate.min()),
+                                    "clips": int(rate.size), "rejected_no_face": no_face},
+            "mixed_folds": len(mixed), "sample": index["sample"], "panels": panels}
+
+
+def _panel_labels(figure: str, fig: Any) -> list[dict[str, str]]:
+    """Each panel's title and axis labels (the --json summary lists them; a panel without is a bug)."""
+    return [{"figure": figure, "title": a.get_title(loc="left") or a.get_title(), "x": a.get_xlabel(),
+             "y": a.get_ylabel()} for a in fig.axes]

@@ -163,24 +163,40 @@ def pull_source(uri: str, index: dict[str, Any]) -> Path:
 
 
 def dry_run_mix(cfg: MixConfig) -> dict[str, Any]:
-    """What mix-offline would do (--dry-run): checks the source index and plans; writes nothing."""
+    """What mix-offline would do (--dry-run): plans and writes nothing, but makes the refusals the
+    real run makes before its first shard (not a build-shards output, missing or resized source
+    files, mixed shards of another config in the output); the sha256 of the sources is left to the run."""
     import pyarrow.parquet as pq
 
     shards = local_dir(cfg.shards)
     if is_remote(cfg.shards):
         pull(cfg.shards, shards, [INDEX_NAME, CLIPS_NAME])
     index = open_index(shards)
+    if index.get("kind") != "clips":
+        raise ShardError(f"{shards} holds {index.get('kind')!r} shards; mix-offline mixes a build-shards output")
+    if not is_remote(cfg.shards):
+        problems = check_files(shards, index["shards"], sha256=False)
+        if problems:
+            raise ShardError(f"{len(problems)} source shard problem(s), run `midas-prep verify {shards}`: "
+                             + "; ".join(problems[:5]))
     clips = [c for c in pq.read_table(shards / "clips.parquet").to_pylist() if c["status"] == "written"]
     per_shard = max(1, int(cfg.shard_size_mb * 1e6) // sample_nbytes(index["sample"]["num_frames"],
                                                                      index["sample"]["frame_size"]))
     plan = plan_mix(clips, cfg, per_shard)
     out_uri = cfg.out or (cfg.shards.rstrip("/") + "/mixed")
     out = local_dir(out_uri)
+    if not cfg.overwrite:
+        conf = config_to_dict(cfg) | {"source_index_sha256": _sha(index)}
+        for k, shards_k in plan.items():
+            why = _plan_conflict(_fold_out(out, k), conf, shards_k)
+            if why:
+                raise ShardError(why)
     return {"shards": cfg.shards, "out": out_uri, "folds": sorted(plan),
             "samples_per_fold": {str(k): sum(len(s["pairs"]) for s in v) for k, v in plan.items()},
             "shards_planned": sum(len(v) for v in plan.values()),
-            "shards_done": sum(1 for k, v in plan.items() for s in v
-                               if (_fold_out(out, k) / STATE_DIR / f"{s['name']}.json").is_file()),
+            "shards_done": 0 if cfg.overwrite else sum(
+                1 for k, v in plan.items() for s in v
+                if (_fold_out(out, k) / STATE_DIR / f"{s['name']}.json").is_file()),
             "alpha": cfg.alpha, "copies": cfg.copies, "seed": cfg.seed, "formats": list(cfg.formats)}
 
 
@@ -331,20 +347,32 @@ def _sha(index: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(index["shards"], sort_keys=True).encode()).hexdigest()
 
 
-def _check_plan(fout: Path, conf: dict[str, Any], shards: list[dict[str, Any]]) -> None:
+def _plan_conflict(fout: Path, conf: dict[str, Any], shards: list[dict[str, Any]]) -> str:
+    """Why fout's mixed shards cannot be resumed with this plan ("" = they can, or there are none)."""
     path = fout / STATE_DIR / "plan.json"
     ignore = ("overwrite", "out", "shards", "fold")  # a fold's plan depends on (seed, fold, copy) only
     mine = {k: v for k, v in conf.items() if k not in ignore}
-    doc = {"config": mine, "shards": shards}
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != doc:
-            diffs = [f"{k}: {old['config'].get(k)!r} on disk, {v!r} now" for k, v in mine.items()
-                     if old["config"].get(k) != v]
-            raise ShardError(f"{fout} holds mixed shards of another config or source "
-                             f"({'; '.join(diffs) or 'the source shards changed'}); pass --overwrite")
-        return
-    atomic_write(path, json.dumps(doc, sort_keys=True).encode())
+    if not path.is_file():
+        return ""
+    old = json.loads(path.read_text())
+    if old == {"config": mine, "shards": shards}:
+        return ""
+    diffs = [f"{k}: {old['config'].get(k)!r} on disk, {v!r} now" for k, v in mine.items()
+             if old["config"].get(k) != v]
+    return (f"{fout} holds mixed shards of another config or source "
+            f"({'; '.join(diffs) or 'the source shards changed'}); pass --overwrite to replace them "
+            "or choose another --out")
+
+
+def _check_plan(fout: Path, conf: dict[str, Any], shards: list[dict[str, Any]]) -> None:
+    why = _plan_conflict(fout, conf, shards)
+    if why:
+        raise ShardError(why)
+    path = fout / STATE_DIR / "plan.json"
+    if not path.is_file():
+        ignore = ("overwrite", "out", "shards", "fold")
+        doc = {"config": {k: v for k, v in conf.items() if k not in ignore}, "shards": shards}
+        atomic_write(path, json.dumps(doc, sort_keys=True).encode())
 
 
 def _write_fold_index(fout: Path, fold: int, conf: dict[str, Any], states: dict[str, dict], complete: bool,

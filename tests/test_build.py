@@ -198,7 +198,7 @@ def test_every_clip_rejected_is_fatal(sample, ray_session, tmp_path):
     lines += [f"{sample.root / 'Clip/original' / (cid + '.mp4')},1,0,0,0,0,0,0" for cid in sample.no_face]
     manifest.write_text("\n".join(lines) + "\n")
     cfg = build_config(manifest, tmp_path / "out", **{"ray.workers": 2})
-    with pytest.raises(BuildError, match=r"no clip could be written: rejected by stage .*'align': "):
+    with pytest.raises(BuildError, match=r"no clip could be written: rejected \d+ at align"):
         build_shards(cfg)
     assert pq.read_table(tmp_path / "out/rejects.parquet").num_rows == len(sample.no_face)
 
@@ -208,7 +208,7 @@ def test_cli_summary_and_exit_codes(sample, ray_session, tmp_path):
     res = runner.invoke(main, ["build-shards", str(sample.root), "--out", str(tmp_path / "s"), "--limit", "4",
                                "--format", "parquet", "--workers", "2"])
     assert res.exit_code == 0, res.output
-    assert "clips written" in res.output and "rejected by stage" in res.output and "clips/s" in res.output
+    assert "clips written" in res.output and "rejected  " in res.output and "clips/s" in res.output
     assert not (tmp_path / "s/webdataset").exists() and list((tmp_path / "s/parquet").glob("*.parquet"))
     res = runner.invoke(main, ["build-shards", str(tmp_path), "--out", str(tmp_path / "t")])
     assert res.exit_code != 0 and "not a recognised DFEW copy" in res.output
