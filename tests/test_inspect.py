@@ -26,6 +26,18 @@ def test_inspect_writes_non_blank_pictures_of_the_expected_size(built, tmp_path)
     assert 0 <= r["vote_entropy_bits"]["mean"] <= np.log2(7)
 
 
+def test_detection_rate_counts_no_face_rejects_and_every_panel_is_labelled(built, sample, tmp_path):
+    r = inspect_shards(built[0], tmp_path / "x.png", clips=2)
+    face = r["face_detection_rate"]
+    assert face["rejected_no_face"] == len(sample.no_face) >= 1
+    assert face["clips"] == built[2].written + len(sample.no_face)
+    assert face["min"] == 0.0 and face["mean"] < 1.0  # the no-face clips pull it below 1
+    assert {p["figure"] for p in r["panels"]} == {"contact sheet", "stats"}
+    assert len([p for p in r["panels"] if p["figure"] == "stats"]) == 4
+    for p in r["panels"]:
+        assert p["x"] and p["y"], p
+
+
 def test_every_command_has_help_with_an_example_and_version():
     runner = CliRunner()
     for cmd in ("build-shards", "mix-offline", "verify", "inspect", "bench-loader", "make-sample"):
