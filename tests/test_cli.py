@@ -106,6 +106,15 @@ def test_build_dry_run_refuses_what_the_run_refuses(built, tmp_path):
     assert plan["frame_size"] == 64 and plan["shards_done"] == 0
     res = runner.invoke(main, ["build-shards", str(tmp_path / "nothing"), "--dry-run"])
     assert res.exit_code != 0 and "Traceback" not in res.output
+    manifest = tmp_path / "m.csv"  # no usable clip, an output below a file: refused by both, nothing written
+    manifest.write_text("path,happy,sad,neutral,angry,surprise,disgust,fear\nnope.mp4,1,0,0,0,0,0,0\n")
+    (tmp_path / "a-file").write_text("mine")
+    for args, message in (([str(manifest), "--out", str(tmp_path / "m")], "no usable clip in the index"),
+                          ([root, "--out", str(tmp_path / "a-file/x")], "is not writable")):
+        for extra in (["--dry-run"], []):
+            res = runner.invoke(main, ["build-shards", *args, *extra])
+            assert res.exit_code == 1 and message in res.output, (args, extra, res.output)
+    assert not (tmp_path / "m").exists() and (tmp_path / "a-file").read_text() == "mine"
 
 
 def test_mix_dry_run_refuses_what_the_run_refuses(built, ray_session, tmp_path):
