@@ -178,7 +178,9 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(s) | {"clips_per_s": s.clips_per_s}, sort_keys=True))
         return
-    rejected = _plain(s.rejected, _reject_notes(Path(s.out)))
+    from pipeline.remote import local_dir
+
+    rejected = _plain(s.rejected, _reject_notes(local_dir(s.out)))
     click.echo(
         f"\nbuild-shards done: {s.out}\n"
         f"  clips indexed     {s.clips}  (+{s.unannotated} files without annotation, skipped)\n"
@@ -191,7 +193,9 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
 
 
 _SHORT_REASONS = (("no face", "no face"), ("truncated or corrupt", "truncated or corrupt file"),
-                  ("file not found", "file not found"), ("detector failed", "detector failed"))
+                  ("file not found", "file not found"), ("empty file", "empty file"),
+                  ("detector failed", "detector failed"), ("has no file", "no file"),
+                  ("no video file", "no file"), ("unreadable image", "unreadable image"))
 
 
 def _reject_notes(out: Path) -> dict[str, str]:
