@@ -102,7 +102,7 @@ def test_midas_train_cli_runs_with_no_other_flag(built, tmp_path):
 
     res = CliRunner().invoke(main, ["--shards", str(built[0]), "--fold", "1", "--epochs", "1", "--out",
                                     str(tmp_path / "run"), "--set", "width=8", "--set", "py_workers=1",
-                                    "--batch-size", "4"])
+                                    "--batch-size", "4", "--compile", "--set", "compile_backend=eager"])
     assert res.exit_code == 0, res.output
     assert "test (part 1) at the last epoch 1:  UAR" in res.output and (tmp_path / "run/fold1/metrics.jsonl").is_file()
     assert not any(line.lstrip().startswith("{") for line in res.output.splitlines())  # every line labelled
@@ -310,3 +310,38 @@ def test_folds_and_arms_write_one_table(built, tmp_path):
     table = (tmp_path / "cmp/summary.md").read_text()
     assert "| midas | 1,2 |" in table and "| none | 1,2 |" in table and "last epoch" in table
     assert json.loads((tmp_path / "cmp/summary.json").read_text())["arms"] == ["midas", "none"]
+
+
+# -- on a GPU (skipped without one): a prebuilt shard directory, no decord or Ray needed there -------------
+GPU_SHARDS = os.environ.get("MIDAS_GPU_SHARDS", "/tmp/data/shards")
+
+
+def _gpu_train(args: list[str]) -> subprocess.CompletedProcess:
+    """midas-train in a fresh process (CUDA starts uninitialised, as on a cluster node)."""
+    if not (Path(GPU_SHARDS) / INDEX_NAME).is_file():
+        pytest.skip(f"no prebuilt shards at {GPU_SHARDS} (set MIDAS_GPU_SHARDS)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_"))}
+    return subprocess.run([sys.executable, "-m", "train", "--shards", GPU_SHARDS, *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.gpu
+def test_gpu_one_epoch_with_no_extra_flag_then_resume(tmp_path):
+    res = _gpu_train(["--fold", "1", "--epochs", "1", "--out", str(tmp_path)])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "device cuda:0" in res.stderr and "test (part 1) at the last epoch 1" in res.stdout
+    res = _gpu_train(["--fold", "1", "--epochs", "2", "--out", str(tmp_path), "--resume"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "resumed fold 1 at epoch 2" in res.stderr
+    rows = [json.loads(line) for line in (tmp_path / "fold1/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+@pytest.mark.gpu
+def test_gpu_val_split_mixup_compiled(tmp_path):
+    """Three loaders (train, val, test) in one process, torch.compile, bf16 and channels_last (defaults)."""
+    res = _gpu_train(["--fold", "1", "--epochs", "1", "--out", str(tmp_path), "--val-fraction", "0.2",
+                      "--mix-mode", "mixup", "--compile", "--batch-size", "16", "--max-steps", "2"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads((tmp_path / "fold1/report.json").read_text())
+    assert report["mix_mode"] == "mixup" and report["selected_by"] == "best validation UAR"
