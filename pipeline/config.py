@@ -272,6 +272,9 @@ class TrainConfig:
             raise ConfigError(f"train.mix=false conflicts with train.mix_mode={self.mix_mode!r}; use mix_mode alone")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"train.val_fraction={self.val_fraction!r} is out of range; expected 0 <= it < 1")
+        if self.offline_mixed and arms != ["midas"]:
+            raise ConfigError(f"train.offline_mixed goes with mix_mode midas only (got {','.join(arms)}): "
+                              "offline-mixed samples are mixed and carry mixed soft labels")
         _check_range("train.py_workers", self.py_workers, 0, 256)
         _check_range("train.num_threads", self.num_threads, 0, 256)
 

@@ -17,6 +17,11 @@ N x C x T x H x W. One graph: `.gpu()` moves the batch to the device when a GPU 
 drawn on the CPU and lam is copied over); with no GPU the same graph runs in a CPU-only
 pipeline (device_id=None). Evaluation neither mixes nor augments.
 
+Splits. "test" is part K; "train" the other parts; with val_fraction > 0, "val" is that fraction
+of the training parts' clips (seeded, by clip id, so the same clips in both formats), left out
+of "train" together with every offline-mixed sample made from one of them. `labels="onehot"`
+turns each sample's target into the one-hot of its label before mixing (mixup's targets).
+
 Resume. Pipelines are built with enable_checkpointing: `state_dict()` holds the DALI
 checkpoint (source position and every RNG) and `MidasLoader.from_state_dict` rebuilds the
 pipeline from it, so a restored loader continues the epoch with the same batches and draws.

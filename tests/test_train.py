@@ -21,7 +21,7 @@ from pipeline.config import ConfigError, MixConfig, RayConfig, StreamConfig, Tra
 from pipeline.read import open_index, parse_idx, read_sample
 from pipeline.stream import MidasLoader, list_samples
 from pipeline.write import INDEX_NAME, encode_sample, write_index, write_shard_files
-from train.loop import TrainError, soft_cross_entropy, stream_config, train, train_folds
+from train.loop import TrainError, loader_resources, soft_cross_entropy, stream_config, train, train_folds
 from train.metrics import classification_metrics
 from train.model import ModelConfig, create_model, use_channels_last
 
@@ -156,6 +156,20 @@ def test_user_errors_are_one_line_without_traceback(built, tmp_path):
         train_folds(_cfg(built, tmp_path / "none", folds="1,2", resume=True))
     with pytest.raises(ConfigError, match="mix_mode"):
         TrainConfig(mix_mode="midas,cutmix")
+    with pytest.raises(ConfigError, match="offline_mixed goes with mix_mode midas"):
+        TrainConfig(mix_mode="mixup", offline_mixed=True)
+    with pytest.raises(ConfigError, match="conflicts"):
+        TrainConfig(mix=False, mix_mode="midas")
+    assert TrainConfig(mix=False).arms() == ["soft"] and TrainConfig().arms() == ["midas"]
+
+
+def test_loader_resources_come_from_the_rank_s_cpus(monkeypatch):
+    cpus = len(os.sched_getaffinity(0))
+    workers, threads = loader_resources(TrainConfig())
+    assert workers >= 1 and threads >= 1 and (workers + threads < cpus or cpus < 3)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cpus))  # one CPU per rank: the least there is
+    assert loader_resources(TrainConfig()) == (1, 1)
+    assert loader_resources(TrainConfig(py_workers=5, num_threads=3)) == (5, 3)
 
 
 def _rows(loader: MidasLoader) -> dict[str, torch.Tensor]:
