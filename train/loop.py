@@ -166,6 +166,15 @@ def _check_split(stream: StreamConfig, cfg: TrainConfig, world: int) -> int:
     return n
 
 
+def _check_eval_split(stream: StreamConfig, world: int) -> None:
+    """Every rank needs at least one clip of an evaluation split (an empty slice has no batch to end on)."""
+    n = len(list_samples(stream))
+    if n < world:
+        more = " or a larger --val-fraction" if stream.split == "val" else ""
+        raise TrainError(f"fold {stream.fold}: the {stream.split} split has {n} clip(s), fewer than the {world} "
+                         f"ranks; run with fewer ranks{more}")
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train fold `cfg.fold` with one mix mode; returns the report (see the module docstring)."""
     arm = _arm(cfg)
@@ -189,15 +198,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                              f"(this run has {world})")
     stream = stream_config(cfg, "train", rank, world, device_kind, local_rank)
     n_train = _check_split(stream, cfg, world)
+    eval_streams = {split: stream_config(cfg, split, rank, world, device_kind, local_rank)
+                    for split in (("test", "val") if cfg.val_fraction > 0 else ("test",))}
+    for split_stream in eval_streams.values():
+        _check_eval_split(split_stream, world)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=True))
 
     # -- loaders: before any CUDA work, so DALI may still fork its readers ----------------------
     train_loader = MidasLoader(stream, checkpoint=state["loaders"][rank]) if state else MidasLoader(stream)
-    eval_loaders = {"test": MidasLoader(stream_config(cfg, "test", rank, world, device_kind, local_rank))}
-    if cfg.val_fraction > 0:
-        eval_loaders["val"] = MidasLoader(stream_config(cfg, "val", rank, world, device_kind, local_rank))
+    eval_loaders = {split: MidasLoader(split_stream) for split, split_stream in eval_streams.items()}
     steps_per_epoch = len(train_loader) // cfg.accum_steps
     if cfg.max_steps:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
