@@ -104,7 +104,7 @@ def test_midas_train_cli_runs_with_no_other_flag(built, tmp_path):
                                     str(tmp_path / "run"), "--set", "width=8", "--set", "py_workers=1",
                                     "--batch-size", "4", "--compile", "--set", "compile_backend=eager"])
     assert res.exit_code == 0, res.output
-    assert "test (part 1) at the last epoch 1:  UAR" in res.output and (tmp_path / "run/fold1/metrics.jsonl").is_file()
+    assert "test (part 1), last epoch 1:  UAR" in res.output and (tmp_path / "run/fold1/metrics.jsonl").is_file()
     assert not any(line.lstrip().startswith("{") for line in res.output.splitlines())  # every line labelled
     res = CliRunner().invoke(main, ["--shards", str(tmp_path / "none"), "--epochs", "1", "--out", str(tmp_path)])
     assert res.exit_code != 0 and "index.json not found" in res.output
@@ -342,7 +342,7 @@ def _gpu_train(args: list[str]) -> subprocess.CompletedProcess:
 def test_gpu_one_epoch_with_no_extra_flag_then_resume(tmp_path):
     res = _gpu_train(["--fold", "1", "--epochs", "1", "--out", str(tmp_path)])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "device cuda:0" in res.stderr and "test (part 1) at the last epoch 1" in res.stdout
+    assert "device cuda:0" in res.stderr and "test (part 1), last epoch 1:" in res.stdout
     res = _gpu_train(["--fold", "1", "--epochs", "2", "--out", str(tmp_path), "--resume"])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "resumed fold 1 at epoch 2" in res.stderr

@@ -88,14 +88,13 @@ def main(shards, fold, folds, epochs, batch_size, lr, accum_steps, out, model, w
     r = result
     lines = [f"\nmidas-train done: fold {r['fold']}, mix mode {r['mix_mode']}, {r['epochs']} epoch(s)"]
     if "best_epoch" in r:
-        lines.append(f"  chosen epoch (best validation UAR {r['val_uar']:.4f} on {r['val_clips']} clips): "
-                     f"{r['best_epoch']}")
-        lines.append(f"  test (part {r['fold']}) at epoch {r['epoch']}:  UAR {r['uar']:.4f}  WAR {r['war']:.4f}")
-        lines.append(f"  test at the last epoch {r['last']['epoch']}:      UAR {r['last']['uar']:.4f}  "
+        lines.append(f"  chosen epoch: {r['best_epoch']} (best validation UAR {r['val_uar']:.4f}, "
+                     f"{r['val_clips']} validation clips)")
+        lines.append(f"  test (part {r['fold']}), chosen epoch {r['epoch']}:  UAR {r['uar']:.4f}  WAR {r['war']:.4f}")
+        lines.append(f"  test (part {r['fold']}), last epoch {r['last']['epoch']}:    UAR {r['last']['uar']:.4f}  "
                      f"WAR {r['last']['war']:.4f}")
     else:
-        lines.append(f"  test (part {r['fold']}) at the last epoch {r['epoch']}:  UAR {r['uar']:.4f}  "
-                     f"WAR {r['war']:.4f}")
+        lines.append(f"  test (part {r['fold']}), last epoch {r['epoch']}:  UAR {r['uar']:.4f}  WAR {r['war']:.4f}")
     last = r["history"][-1]
     lines.append(f"  train loss (last epoch): {last['train_loss']:.4f}   test loss: {last['loss']:.4f}")
     lines.append(f"  report:  {cfg.out}/fold{r['fold']}/report.json")

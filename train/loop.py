@@ -421,8 +421,8 @@ def train_folds(cfg: TrainConfig) -> dict[str, Any]:
 
 def summary_table(rows: list[dict[str, Any]], selected_by: str) -> str:
     """Markdown: one row per arm, UAR and WAR on part K as mean +- std over the folds (population std)."""
-    lines = [f"Part-K metrics per fold ({selected_by}), mean +- std over the folds.", "",
-             "| mix mode | folds | UAR | WAR |", "| --- | --- | --- | --- |"]
+    lines = [f"UAR and WAR (%) on part K of each fold ({selected_by}), mean +- std over the folds.", "",
+             "| mix mode | folds | UAR (%) | WAR (%) |", "| --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['mix_mode']} | {','.join(map(str, r['folds']))} | {100 * r['uar_mean']:.2f} +- "
                      f"{100 * r['uar_std']:.2f} | {100 * r['war_mean']:.2f} +- {100 * r['war_std']:.2f} |")
