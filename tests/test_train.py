@@ -291,7 +291,7 @@ def test_part_k_labels_choose_nothing(built, tmp_path):
     assert _shuffle_part_labels(built[0], shuffled, part=1, seed=0) >= 2
     reports = {}
     for name, shards in (("orig", built[0]), ("shuffled", shuffled)):
-        cfg = _cfg((shards,), tmp_path / name, epochs=3, max_steps=2, val_fraction=0.3, lr=5e-3)
+        cfg = _cfg((shards,), tmp_path / name, epochs=2, max_steps=2, val_fraction=0.3, lr=5e-3)
         reports[name] = train(cfg)
     a, b = reports["orig"], reports["shuffled"]
     assert a["selected_by"] == "best validation UAR" and a["epoch"] == a["best_epoch"]
