@@ -234,7 +234,7 @@ def test_offline_mixed_samples_of_a_val_clip_are_not_trained_on(built, ray_sessi
     from pipeline.mix import mix_offline
 
     shards = tmp_path / "shards"
-    shutil.copytree(built[0], shards)
+    shutil.copytree(built[0], shards, ignore=shutil.ignore_patterns("mixed"))  # other tests may have mixed there
     mix_offline(MixConfig(shards=str(shards), fold=1, copies=1, seed=2), RayConfig(workers=1))
     for fmt in ("webdataset", "parquet"):
         cfg = StreamConfig(shards=str(shards), fold=1, offline_mixed=True, val_fraction=0.3, format=fmt)
@@ -253,7 +253,7 @@ def test_offline_mixed_samples_of_a_val_clip_are_not_trained_on(built, ray_sessi
 def _shuffle_part_labels(src: Path, dst: Path, part: int, seed: int) -> int:
     """A copy of a build whose part-`part` labels (label, votes, soft) are permuted among its clips, in
     every format, with index.json updated: what a leak of the test labels into training would change."""
-    shutil.copytree(src, dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("mixed"))
     index = open_index(dst)
     formats = tuple(sorted({e["format"] for e in index["shards"]}))
     tars = sorted((e for e in index["shards"] if e["format"] == "webdataset" and e["part"] == part),
