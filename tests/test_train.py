@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from pipeline.config import ConfigError, MixConfig, RayConfig, StreamConfig, TrainConfig
+from pipeline.config import ConfigError, MixConfig, RayConfig, StreamConfig, TrainConfig, load_config
 from pipeline.read import open_index, parse_idx, read_sample
 from pipeline.stream import MidasLoader, list_samples
 from pipeline.write import INDEX_NAME, encode_sample, write_index, write_shard_files
@@ -161,6 +161,8 @@ def test_user_errors_are_one_line_without_traceback(built, tmp_path):
     with pytest.raises(ConfigError, match="conflicts"):
         TrainConfig(mix=False, mix_mode="midas")
     assert TrainConfig(mix=False).arms() == ["soft"] and TrainConfig().arms() == ["midas"]
+    compare = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/dfew-compare.yaml")
+    assert compare.arms() == ["midas", "mixup", "soft", "none"] and compare.fold_list() == [1, 2, 3, 4, 5]
 
 
 def test_loader_resources_come_from_the_rank_s_cpus(monkeypatch):
