@@ -18,6 +18,7 @@ import yaml
 
 __all__ = [
     "CLASSES",
+    "MIX_MODES",
     "ConfigError",
     "IndexConfig",
     "DecodeConfig",
@@ -34,6 +35,10 @@ __all__ = [
 
 # DFEW's class order (index 0..6); soft labels and votes follow it everywhere.
 CLASSES: tuple[str, ...] = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
+
+
+# midas-train's arms: (labels, mixing) of each; the paper's comparison is all four.
+MIX_MODES: tuple[str, ...] = ("midas", "mixup", "soft", "none")
 
 
 class ConfigError(ValueError):
@@ -154,7 +159,7 @@ class MixConfig:
 class StreamConfig:
     shards: str = "shards"  # a build-shards output
     fold: int = 1  # K: train on every part but K (and 0), evaluate on part K
-    split: str = "train"  # train | test
+    split: str = "train"  # train | val (val_fraction of the training parts' clips) | test (part K)
     batch_size: int = 32
     mix: bool = True  # MIDAS pairs inside each training batch (never in evaluation)
     alpha: float = 0.8  # lam ~ Beta(alpha, alpha)
@@ -177,10 +182,18 @@ class StreamConfig:
     num_threads: int = 2  # DALI CPU threads
     py_workers: int = 2  # processes reading samples for the external source
     prefetch: int = 2  # batches read ahead
+    labels: str = "soft"  # soft: the vote histograms | onehot: one-hot of label (argmax of soft if -1), before mixing
+    val_fraction: float = 0.0  # > 0: this fraction of the training parts' clips (seeded, by clip) is split "val"
+    val_seed: int = 0  # seeds the choice of validation clips (with the fold)
 
     def __post_init__(self) -> None:
         _check_range("stream.fold", self.fold, 1, 5)
-        _check_choice("stream.split", self.split, ("train", "test"))
+        _check_choice("stream.split", self.split, ("train", "val", "test"))
+        _check_choice("stream.labels", self.labels, ("soft", "onehot"))
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"stream.val_fraction={self.val_fraction!r} is out of range; expected 0 <= it < 1")
+        if self.split == "val" and not self.val_fraction:
+            raise ConfigError("stream.split='val' needs stream.val_fraction > 0")
         _check_range("stream.batch_size", self.batch_size, 1, 1 << 16)
         if not self.alpha > 0:
             raise ConfigError(f"stream.alpha={self.alpha!r} must be > 0")
@@ -211,8 +224,13 @@ class TrainConfig:
     lr: float = 5e-4  # peak AdamW learning rate (after warm-up)
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to 0
-    loss: str = "soft"  # soft: sum(-y log p) against the vote histogram | hard: cross-entropy on the label
-    mix: bool = True  # MIDAS pairs in the loader (on the device)
+    loss: str = "soft"  # soft: sum(-y log p) against the (mixed) targets | hard: cross-entropy on the label
+    mix: bool = True  # MIDAS pairs in the loader (on the device); False = mix_mode "soft" (kept for old configs)
+    # midas (soft labels, mixed) | mixup (one-hot labels, same mixing) | soft (soft labels, no mixing) |
+    # none (one-hot, no mixing); a comma list ("midas,mixup,soft,none") runs every arm; "" = from `mix`
+    mix_mode: str = ""
+    val_fraction: float = 0.0  # > 0: hold out this fraction of the training clips; its UAR chooses the epoch
+    val_seed: int = 0  # seeds the choice of validation clips
     alpha: float = 0.8
     mix_prob: float = 1.0
     offline_mixed: bool = False  # add <shards>/mixed/fold{K} to the training data
@@ -226,7 +244,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | gpu
     amp: bool = True  # bfloat16 autocast on the GPU (ignored on the CPU)
-    py_workers: int = 2  # loader processes per rank
+    channels_last: bool = True  # NHWC activations for the 2D frame encoder on the GPU (ignored on the CPU)
+    compile: bool = False  # torch.compile the model (first steps pay the compilation)
+    compile_backend: str = "inductor"  # torch.compile backend ("eager" traces only: tests)
+    py_workers: int = 0  # loader processes per rank (0 = from the CPUs available to the rank)
+    num_threads: int = 0  # DALI CPU threads per rank (0 = from the CPUs available to the rank)
     max_steps: int = 0  # cap on optimizer steps per epoch (0 = the whole epoch); for smoke runs
     log_samples: bool = False  # write the sample positions each rank trained on (audits, tests)
     tensorboard: bool = True  # also log to TensorBoard when the package is installed
@@ -245,6 +267,27 @@ class TrainConfig:
         _check_range("train.dropout", self.dropout, 0.0, 1.0)
         if self.folds and not all(part.strip().replace("-", "").isdigit() for part in self.folds.split(",")):
             raise ConfigError(f"train.folds={self.folds!r}: expected e.g. 1-5 or 1,3")
+        arms = self.arms()
+        if not self.mix and any(a in ("midas", "mixup") for a in arms) and self.mix_mode:
+            raise ConfigError(f"train.mix=false conflicts with train.mix_mode={self.mix_mode!r}; use mix_mode alone")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"train.val_fraction={self.val_fraction!r} is out of range; expected 0 <= it < 1")
+        if self.offline_mixed and arms != ["midas"]:
+            raise ConfigError(f"train.offline_mixed goes with mix_mode midas only (got {','.join(arms)}): "
+                              "offline-mixed samples are mixed and carry mixed soft labels")
+        _check_range("train.py_workers", self.py_workers, 0, 256)
+        _check_range("train.num_threads", self.num_threads, 0, 256)
+
+    def arms(self) -> list[str]:
+        """The mix modes to run: `mix_mode` split on commas, else "midas" (mix) or "soft" (no mix)."""
+        if not self.mix_mode:
+            return ["midas" if self.mix else "soft"]
+        arms = [a.strip() for a in self.mix_mode.split(",") if a.strip()]
+        for a in arms:
+            _check_choice("train.mix_mode", a, MIX_MODES)
+        if not arms or len(set(arms)) != len(arms):
+            raise ConfigError(f"train.mix_mode={self.mix_mode!r}: expected distinct arms from {', '.join(MIX_MODES)}")
+        return arms
 
     def fold_list(self) -> list[int]:
         """The folds to run: `folds` parsed ("1-5", "1,3"), else [fold]."""

@@ -17,6 +17,11 @@ N x C x T x H x W. One graph: `.gpu()` moves the batch to the device when a GPU 
 drawn on the CPU and lam is copied over); with no GPU the same graph runs in a CPU-only
 pipeline (device_id=None). Evaluation neither mixes nor augments.
 
+Splits. "test" is part K; "train" the other parts; with val_fraction > 0, "val" is that fraction
+of the training parts' clips (seeded, by clip id, so the same clips in both formats), left out
+of "train" together with every offline-mixed sample made from one of them. `labels="onehot"`
+turns each sample's target into the one-hot of its label before mixing (mixup's targets).
+
 Resume. Pipelines are built with enable_checkpointing: `state_dict()` holds the DALI
 checkpoint (source position and every RNG) and `MidasLoader.from_state_dict` rebuilds the
 pipeline from it, so a restored loader continues the epoch with the same batches and draws.
@@ -24,6 +29,7 @@ pipeline from it, so a restored loader continues the epoch with the same batches
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -36,8 +42,8 @@ from pipeline.read import ShardError, check_files, open_index, parse_idx, read_s
 from pipeline.remote import is_remote, local_dir, pull
 from pipeline.write import INDEX_NAME, entry_files
 
-__all__ = ["list_samples", "epoch_order", "ShardSource", "midas_graph", "create_loader", "MidasLoader",
-           "resolve_device", "bench_loader"]
+__all__ = ["list_samples", "choose_val_clips", "epoch_order", "ShardSource", "midas_graph", "create_loader",
+           "MidasLoader", "resolve_device", "bench_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +56,68 @@ def resolve_device(device: str) -> str:
 
 
 def _select(index: dict[str, Any], cfg: StreamConfig, fmt: str) -> list[dict[str, Any]]:
+    """The shard entries of the split: part K (test), else the training parts (val clips are among them)."""
     entries = [e for e in index["shards"] if e["format"] == fmt]
     if index.get("kind") == "mixed":
         return entries
     if cfg.split == "test":
         return [e for e in entries if e["part"] == cfg.fold]
     return [e for e in entries if e["part"] != cfg.fold and (e["part"] != 0 or cfg.include_unassigned)]
+
+
+def choose_val_clips(clip_ids: list[str], fraction: float, seed: int, fold: int) -> set[str]:
+    """The validation clips: round(fraction * n) of the training parts' n clips (at least 1, at most n - 1),
+    a permutation seeded by (seed, fold) of the sorted clip ids: the same clips for WebDataset and Parquet."""
+    ids = sorted(set(clip_ids))
+    n = min(len(ids) - 1, max(1, round(fraction * len(ids))))
+    if n < 1:
+        raise ShardError(f"fold {fold}: {len(ids)} training clip(s) cannot be split into train and val; "
+                         "drop --val-fraction")
+    order = np.random.default_rng([seed, fold]).permutation(len(ids))
+    return {ids[i] for i in order[:n]}
+
+
+def _sample_clips(fmt: str, path: str, samples: list[tuple[str, str, str, Any]], mixed: bool) -> list[list[str]]:
+    """The clip ids each sample is made of: [its clip id], or a mixed sample's source clip ids (from its json)."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=["json"] if mixed else ["clip_id"])
+        if not mixed:
+            return [[c] for c in table.column("clip_id").to_pylist()]
+        metas = [json.loads(j) for j in table.column("json").to_pylist()]
+    elif not mixed:
+        return [[key] for key, *_ in samples]  # a built sample's key is its clip id
+    else:
+        metas = []
+        with open(path, "rb") as f:
+            for _, _, _, members in samples:
+                f.seek(members["json"][0])
+                metas.append(json.loads(f.read(members["json"][1])))
+    out = []
+    for meta in metas:
+        if not isinstance(meta, dict) or not isinstance(meta.get("sources"), list):
+            raise ShardError(f"{path}: a mixed sample's json does not name its sources; re-run mix-offline")
+        out.append([str(src["clip_id"]) for src in meta["sources"]])
+    return out
+
+
+def _split_val(shards: list[tuple[dict[str, Any], list[tuple[str, str, str, Any]], bool]], cfg: StreamConfig,
+               fmt: str) -> list[tuple[dict[str, Any], list[tuple[str, str, str, Any]], bool]]:
+    """Keep the samples of split "val" (val clips only, no mixed sample) or "train" (no val clip, and no
+    offline-mixed sample with a val clip among its sources)."""
+    clips = [_sample_clips(fmt, rows[0][2], rows, mixed) if rows else [] for _, rows, mixed in shards]
+    candidates = [c[0] for (e, _, mixed), cs in zip(shards, clips, strict=True)
+                  if not mixed and e["part"] not in (0, cfg.fold) for c in cs]
+    val = choose_val_clips(candidates, cfg.val_fraction, cfg.val_seed, cfg.fold)
+    out = []
+    for (e, rows, mixed), cs in zip(shards, clips, strict=True):
+        if cfg.split == "val":
+            keep = [s for s, c in zip(rows, cs, strict=True) if not mixed and c[0] in val]
+        else:
+            keep = [s for s, c in zip(rows, cs, strict=True) if not val.intersection(c)]
+        out.append((e, keep, mixed))
+    return out
 
 
 def list_samples(cfg: StreamConfig) -> list[tuple[str, str, str, Any]]:
@@ -85,16 +147,19 @@ def list_samples(cfg: StreamConfig) -> list[tuple[str, str, str, Any]]:
         if problems:
             raise ShardError(f"{len(problems)} shard problem(s); run `midas-prep verify {root}`: "
                              + "; ".join(problems[:5]))
-    samples: list[tuple[str, str, str, Any]] = []
-    for base, entries in sources:
+    # per shard: (entry, its samples, whether they come from the mixed folder)
+    shards: list[tuple[dict[str, Any], list[tuple[str, str, str, Any]], bool]] = []
+    for n, (base, entries) in enumerate(sources):
         for e in sorted(entries, key=lambda e: e["path"]):
             path = str((base / e["path"]).resolve())
             if fmt == "webdataset":
-                for key, members in parse_idx((base / e["idx"]["path"]).read_text()):
-                    samples.append((key, fmt, path, members))
+                rows = [(key, fmt, path, members) for key, members in parse_idx((base / e["idx"]["path"]).read_text())]
             else:
-                for row in range(e["samples"]):
-                    samples.append((f"{e['path']}#{row}", fmt, path, row))
+                rows = [(f"{e['path']}#{row}", fmt, path, row) for row in range(e["samples"])]
+            shards.append((e, rows, n > 0))
+    if cfg.val_fraction > 0 and cfg.split != "test":
+        shards = _split_val(shards, cfg, fmt)
+    samples = [s for _, rows, _ in shards for s in rows]
     if not samples:
         raise ShardError(f"{root}: fold {cfg.fold} {cfg.split} split is empty")
     return samples
@@ -116,8 +181,9 @@ class ShardSource:
     """
 
     def __init__(self, samples: list[tuple[str, str, str, Any]], batch_size: int, seed: int, shuffle: bool,
-                 shard_id: int, num_shards: int, drop_last: bool) -> None:
+                 shard_id: int, num_shards: int, drop_last: bool, labels: str = "soft") -> None:
         self.samples = samples
+        self.labels = labels
         self.batch_size = batch_size
         self.seed, self.shuffle = seed, shuffle
         self.shard_id, self.num_shards = shard_id, num_shards
@@ -146,7 +212,11 @@ class ShardSource:
         """Sample i: (frames uint8 T x H x W x 3, soft float32 [C], json); no unpickling."""
         key, fmt, path, where = self.samples[i]
         name = f"{path} sample {key}" if fmt == "webdataset" else f"{path} row {where}"
-        return read_sample(self._files, fmt, path, where, name)
+        frames, soft, meta = read_sample(self._files, fmt, path, where, name)
+        if self.labels == "onehot":  # before mixing: mixup mixes one-hot targets
+            label = int(meta.get("label", -1))
+            soft = np.eye(len(soft), dtype=np.float32)[label if label >= 0 else int(np.argmax(soft))]
+        return frames, soft, meta
 
     def __call__(self, info: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """Batch `info.iteration` of epoch `info.epoch_idx`: (frames, soft, [sample position, label])."""
@@ -221,7 +291,7 @@ class MidasLoader:
         self.frame_size = int(open_index(local_dir(cfg.shards))["sample"]["frame_size"])
         self._it: Any = None
         self.source = ShardSource(self.samples, cfg.batch_size, cfg.seed, self.training, cfg.shard_id,
-                                  cfg.num_shards, drop)
+                                  cfg.num_shards, drop, cfg.labels)
         self._debug = _debug_outputs
         self._build(checkpoint)
 

@@ -1,10 +1,19 @@
 """Train a DFER model on midas-prep shards: setup, loop, eval, checkpoint (top to bottom).
 
 One process per GPU (or one CPU process) under torchrun; each rank reads its own slice of
-every epoch from the DALI loader, which mixes MIDAS pairs on the device. Evaluation on
-part K after every epoch, metrics to <out>/metrics.jsonl (and TensorBoard), a checkpoint
-every epoch that `resume` continues exactly: model, optimiser, scheduler, AMP scaler,
-loader position (DALI checkpoint) and torch RNG.
+every epoch from the DALI loader, which mixes MIDAS pairs on the device. The loaders are
+built before any CUDA work (DALI cannot fork its reader processes once CUDA is initialised).
+
+Protocol. Part K (the test fold) is evaluated after every epoch but never chooses anything:
+the result is the last epoch's metrics. With `val_fraction` > 0 a validation split is carved
+out of the training parts (seeded, by clip; offline-mixed samples made from a val clip are
+left out of training) and its UAR chooses the reported epoch, whose part-K metrics are
+reported. `mix_mode` names the arm of the MIDAS comparison: midas (soft labels, mixed),
+mixup (one-hot labels, the same mixing), soft (soft labels, no mixing), none (one-hot, no mixing).
+
+Outputs: metrics to <out>/fold{K}/metrics.jsonl (and TensorBoard), report.json, a checkpoint
+every epoch that `resume` continues exactly: model, optimiser, scheduler, loader position
+(DALI checkpoint) and torch RNG.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,13 +37,17 @@ import yaml
 
 from pipeline.config import StreamConfig, TrainConfig, config_to_dict
 from pipeline.read import open_index
-from pipeline.stream import MidasLoader, resolve_device
+from pipeline.stream import MidasLoader, list_samples, resolve_device
 from train.metrics import classification_metrics
-from train.model import ModelConfig, create_model
+from train.model import ModelConfig, create_model, use_channels_last
 
-__all__ = ["train", "train_folds", "soft_cross_entropy"]
+__all__ = ["TrainError", "train", "train_folds", "soft_cross_entropy", "stream_config", "loader_resources"]
 
 logger = logging.getLogger(__name__)
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start as asked (no checkpoint to resume, a split smaller than a batch): one line."""
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
@@ -42,12 +56,46 @@ def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor
 
 
 def _setup_distributed(device: str) -> tuple[int, int, int]:
-    """(rank, world, local_rank); initialises the process group under torchrun."""
+    """(rank, world, local_rank); initialises the process group under torchrun (no CUDA work yet)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device == "gpu" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     return rank, world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def loader_resources(cfg: TrainConfig) -> tuple[int, int]:
+    """(reader processes, DALI threads) per rank: the configured values, or sized from the CPUs this
+    process may use shared by the ranks of this node (one CPU left for the training loop itself)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_rank = max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    threads = cfg.num_threads or max(1, min(4, per_rank // 8))
+    workers = cfg.py_workers or max(1, min(64, per_rank - threads - 1))
+    return workers, threads
+
+
+def _arm(cfg: TrainConfig) -> str:
+    arms = cfg.arms()
+    if len(arms) != 1:
+        raise TrainError(f"train() runs one mix mode, got {cfg.mix_mode!r}; use train_folds for several")
+    return arms[0]
+
+
+def stream_config(cfg: TrainConfig, split: str = "train", shard_id: int = 0, num_shards: int = 1,
+                  device: str = "cpu", device_id: int = 0) -> StreamConfig:
+    """The loader config of one split of this run: the arm sets labels (soft | onehot) and mixing;
+    val and test splits never mix, augment or read offline-mixed samples, and keep soft labels."""
+    arm = _arm(cfg)
+    workers, threads = loader_resources(cfg)
+    stream = StreamConfig(shards=cfg.shards, fold=cfg.fold, batch_size=cfg.batch_size,
+                          mix=arm in ("midas", "mixup"), labels="onehot" if arm in ("mixup", "none") else "soft",
+                          alpha=cfg.alpha, mix_prob=cfg.mix_prob, offline_mixed=cfg.offline_mixed,
+                          include_unassigned=cfg.include_unassigned, device=device, device_id=device_id,
+                          shard_id=shard_id, num_shards=num_shards, seed=cfg.seed, py_workers=workers,
+                          num_threads=threads, val_fraction=cfg.val_fraction, val_seed=cfg.val_seed)
+    if split == "train":
+        return stream
+    return replace(stream, split=split, mix=False, augment=False, offline_mixed=False, labels="soft")
 
 
 def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
@@ -70,7 +118,7 @@ def _load_pretrained(model: torch.nn.Module, path: str) -> None:
         target = model.encoder
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = target.load_state_dict(state, strict=False)
-    logger.warning("loaded %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected))
+    logger.info("loaded %s: %d missing, %d unexpected keys", path, len(missing), len(unexpected))
 
 
 def _gather(obj: Any, world: int) -> list[Any]:
@@ -84,11 +132,11 @@ def _gather(obj: Any, world: int) -> list[Any]:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: MidasLoader, device: torch.device, world: int,
              classes: list[str], amp: bool) -> dict[str, Any]:
-    """Predictions on part K (each rank its slice, gathered), metrics on every rank alike."""
+    """Predictions on one evaluation split (each rank its slice, gathered), metrics on every rank alike."""
     model.eval()
     labels, preds, losses = [], [], []
     for batch in loader:
-        x, soft, sample = batch["frames"].to(device), batch["soft"].to(device), batch["sample"]
+        x, soft, sample = batch["frames"].to(device, non_blocking=True), batch["soft"].to(device), batch["sample"]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         losses.append(float(soft_cross_entropy(logits, soft)) * len(x))
@@ -105,62 +153,103 @@ def evaluate(model: torch.nn.Module, loader: MidasLoader, device: torch.device, 
     return m
 
 
+def _check_split(stream: StreamConfig, cfg: TrainConfig, world: int) -> int:
+    """Clips of the training split; a TrainError when a rank's share is less than one optimizer step."""
+    n = len(list_samples(stream))
+    per_rank = n // world
+    need = cfg.batch_size * cfg.accum_steps
+    if per_rank < need:
+        most = per_rank // cfg.accum_steps
+        fix = f"lower --batch-size to {most} or less" if most else "use fewer ranks or more data"
+        raise TrainError(f"fold {cfg.fold}: the training split has {n} clip(s) ({per_rank} per rank), fewer than one "
+                         f"step of --batch-size {cfg.batch_size} x accum_steps {cfg.accum_steps}; {fix}")
+    return n
+
+
+def _check_eval_split(stream: StreamConfig, world: int) -> None:
+    """Every rank needs at least one clip of an evaluation split (an empty slice has no batch to end on)."""
+    n = len(list_samples(stream))
+    if n < world:
+        more = " or a larger --val-fraction" if stream.split == "val" else ""
+        raise TrainError(f"fold {stream.fold}: the {stream.split} split has {n} clip(s), fewer than the {world} "
+                         f"ranks; run with fewer ranks{more}")
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train fold `cfg.fold`; returns the final report (best epoch by UAR, its metrics)."""
-    # -- setup ---------------------------------------------------------------------------
+    """Train fold `cfg.fold` with one mix mode; returns the report (see the module docstring)."""
+    arm = _arm(cfg)
+    # -- setup, no CUDA yet ------------------------------------------------------------------
     device_kind = resolve_device(cfg.device)
     rank, world, local_rank = _setup_distributed(device_kind)
-    device = torch.device(f"cuda:{local_rank}" if device_kind == "gpu" else "cpu")
-    if device_kind == "gpu":
-        torch.cuda.set_device(device)
     amp = cfg.amp and device_kind == "gpu"
-    torch.manual_seed(cfg.seed + rank)  # dropout differs per rank; weights are synced by DDP at start
+    channels_last = cfg.channels_last and device_kind == "gpu"
     out = Path(cfg.out) / f"fold{cfg.fold}"
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=True))
     index = open_index(cfg.shards)
     classes = list(index["classes"])
     sample = index["sample"]
-    stream = StreamConfig(shards=cfg.shards, fold=cfg.fold, batch_size=cfg.batch_size, mix=cfg.mix,
-                          alpha=cfg.alpha, mix_prob=cfg.mix_prob, offline_mixed=cfg.offline_mixed,
-                          include_unassigned=cfg.include_unassigned, device=device_kind, device_id=local_rank,
-                          shard_id=rank, num_shards=world, seed=cfg.seed, py_workers=cfg.py_workers)
-    mcfg = ModelConfig(arch=cfg.model, num_classes=len(classes), num_frames=sample["num_frames"], width=cfg.width,
-                       temporal_layers=cfg.temporal_layers, dropout=cfg.dropout)
-    model = create_model(mcfg).to(device)
-    if cfg.pretrained:
-        _load_pretrained(model, cfg.pretrained)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_kind == "gpu" else None
-                                                    ) if world > 1 else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    # -- data and resume -----------------------------------------------------------------------
     ckpt_path = out / "last.pt"
     state = None
-    if cfg.resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # data, never code
-    if state and len(state["loaders"]) != world:
-        raise ValueError(f"{ckpt_path} was written by {len(state['loaders'])} ranks; resume it with as many "
-                         f"(this run has {world})")
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise TrainError(f"--resume: no checkpoint at {ckpt_path}; check --out and --fold, or run without --resume")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # data, never code; no CUDA
+        if len(state["loaders"]) != world:
+            raise TrainError(f"{ckpt_path} was written by {len(state['loaders'])} ranks; resume it with as many "
+                             f"(this run has {world})")
+    stream = stream_config(cfg, "train", rank, world, device_kind, local_rank)
+    n_train = _check_split(stream, cfg, world)
+    eval_streams = {split: stream_config(cfg, split, rank, world, device_kind, local_rank)
+                    for split in (("test", "val") if cfg.val_fraction > 0 else ("test",))}
+    for split_stream in eval_streams.values():
+        _check_eval_split(split_stream, world)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=True))
+
+    # -- loaders: before any CUDA work, so DALI may still fork its readers ----------------------
     train_loader = MidasLoader(stream, checkpoint=state["loaders"][rank]) if state else MidasLoader(stream)
-    eval_loader = MidasLoader(replace(stream, split="test", mix=False, augment=False, offline_mixed=False))
+    eval_loaders = {split: MidasLoader(split_stream) for split, split_stream in eval_streams.items()}
     steps_per_epoch = len(train_loader) // cfg.accum_steps
     if cfg.max_steps:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
-    assert steps_per_epoch > 0, (f"fold {cfg.fold}: {len(train_loader)} batches of {cfg.batch_size} per rank "
-                                 f"is less than accum_steps={cfg.accum_steps}; lower --batch-size")
+
+    # -- model (CUDA from here on) ----------------------------------------------------------------
+    device = torch.device(f"cuda:{local_rank}" if device_kind == "gpu" else "cpu")
+    if device_kind == "gpu":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed + rank)  # dropout differs per rank; weights are synced by DDP at start
+    mcfg = ModelConfig(arch=cfg.model, num_classes=len(classes), num_frames=sample["num_frames"], width=cfg.width,
+                       temporal_layers=cfg.temporal_layers, dropout=cfg.dropout)
+    model = create_model(mcfg)
+    if cfg.pretrained:
+        _load_pretrained(model, cfg.pretrained)
+    if state:
+        model.load_state_dict(state["model"])
+    model = model.to(device)
+    if channels_last:
+        use_channels_last(model)
+    if cfg.compile:
+        model.compile(backend=cfg.compile_backend)  # in place: state_dict keys stay the same
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_kind == "gpu" else None
+                                                    ) if world > 1 else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
     start_epoch, history = 0, []
     if state:
-        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"][rank])
         start_epoch, history = state["epoch"] + 1, state["history"]
         if rank == 0:
-            logger.warning("resumed fold %d at epoch %d", cfg.fold, start_epoch + 1)
+            logger.info("resumed fold %d at epoch %d from %s", cfg.fold, start_epoch + 1, ckpt_path)
     writer = _tensorboard(out) if cfg.tensorboard and rank == 0 else None
+    mixing = arm in ("midas", "mixup")
+    if rank == 0 and start_epoch < cfg.epochs:
+        logger.info("fold %d, mix mode %s: %d training clips, %d step(s) of %d x %d rank(s) per epoch, device %s",
+                    cfg.fold, arm, n_train, steps_per_epoch, cfg.batch_size * cfg.accum_steps, world, device)
 
     # -- loop --------------------------------------------------------------------------------
     for epoch in range(start_epoch, cfg.epochs):
@@ -169,18 +258,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         seen: list[int] = []
         total, count, step = 0.0, 0, 0
         batches = iter(train_loader)
+        bar = _progress(f"fold {cfg.fold} epoch {epoch + 1}/{cfg.epochs}",
+                        steps_per_epoch * cfg.accum_steps * cfg.batch_size * world, rank != 0)
         while step < steps_per_epoch:
             for micro in range(cfg.accum_steps):
                 batch = next(batches)
-                x, soft = batch["frames"].to(device), batch["soft"].to(device)
+                x = batch["frames"].to(device, non_blocking=True)
+                soft = batch["soft"].to(device, non_blocking=True)
                 seen += batch["sample"][:, 0].tolist()
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = ddp(x)
-                if cfg.loss == "soft":
+                if cfg.loss == "soft":  # against the targets of the arm: soft or one-hot, mixed or not
                     loss = soft_cross_entropy(logits, soft)
-                else:  # hard labels: the clip's label; for mixed or unlabelled samples the soft argmax
-                    label = batch["sample"][:, 1].to(device)
-                    use = (label >= 0) & torch.tensor(not cfg.mix, device=device)
+                else:  # hard labels: the clip's label; for mixed or unlabelled samples the target's argmax
+                    label = batch["sample"][:, 1].to(device, non_blocking=True)
+                    use = (label >= 0) & torch.tensor(not mixing, device=device)
                     loss = F.cross_entropy(logits.float(), torch.where(use, label, soft.argmax(1)))
                 # no all-reduce on the accumulation steps before the last one
                 sync = micro == cfg.accum_steps - 1 or world == 1
@@ -188,31 +280,40 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     (loss / cfg.accum_steps).backward()
                 total += float(loss.detach()) * len(x)
                 count += len(x)
+                bar.update(len(x) * world)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}", refresh=False)
+        bar.close()
         for _ in batches:  # finish the epoch so the loader's next epoch starts clean
             pass
         train_time = time.perf_counter() - t0
-        metrics = evaluate(model, eval_loader, device, world, classes, amp)
-        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": scheduler.get_last_lr()[0],
-                  "steps": step, "clips": count * world, "train_seconds": train_time,
-                  "clips_per_s": count * world / train_time, **metrics}
-        history.append({k: record[k] for k in ("epoch", "uar", "war", "loss", "train_loss")})
+        metrics = evaluate(model, eval_loaders["test"], device, world, classes, amp)
+        record = {"epoch": epoch + 1, "mix_mode": arm, "train_loss": total / max(count, 1),
+                  "lr": scheduler.get_last_lr()[0], "steps": step, "clips": count * world,
+                  "train_seconds": train_time, "clips_per_s": count * world / train_time, **metrics}
+        if "val" in eval_loaders:
+            val = evaluate(model, eval_loaders["val"], device, world, classes, amp)
+            record |= {f"val_{k}": val[k] for k in ("uar", "war", "loss", "n", "confusion")}
+        history.append({k: record[k] for k in ("epoch", "uar", "war", "loss", "train_loss", "val_uar", "val_war",
+                                                "val_loss", "val_n") if k in record})
         if cfg.log_samples:
             (out / f"samples_rank{rank}_epoch{epoch + 1}.json").write_text(json.dumps(sorted(seen)))
         if rank == 0:
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
             if writer is not None:
-                for k in ("uar", "war", "loss", "train_loss", "lr", "clips_per_s"):
-                    writer.add_scalar(k, record[k], epoch + 1)
+                for k in ("uar", "war", "loss", "train_loss", "lr", "clips_per_s", "val_uar", "val_war", "val_loss"):
+                    if k in record:
+                        writer.add_scalar(k, record[k], epoch + 1)
                 writer.flush()
-            logger.warning("fold %d epoch %d/%d: train loss %.4f, UAR %.4f, WAR %.4f, %.1f clips/s", cfg.fold,
-                           epoch + 1, cfg.epochs, record["train_loss"], record["uar"], record["war"],
-                           record["clips_per_s"])
+            val_text = f", val UAR {record['val_uar']:.4f}" if "val_uar" in record else ""
+            logger.info("fold %d epoch %d/%d: train loss %.4f, %.1f clips/s; test UAR %.4f, WAR %.4f%s", cfg.fold,
+                        epoch + 1, cfg.epochs, record["train_loss"], record["clips_per_s"], record["uar"],
+                        record["war"], val_text)
         # every rank's loader and RNG position, gathered so any rank count can resume
         loader_states = _gather(train_loader.state_dict()["checkpoint"], world)
         rng = _gather(torch.get_rng_state(), world)
@@ -226,33 +327,103 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             os.replace(tmp, ckpt_path)  # never a half-written checkpoint under the final name
         if world > 1:
             dist.barrier()
-    best = max(history, key=lambda h: h["uar"])
-    report = {"fold": cfg.fold, "best_epoch": best["epoch"], "uar": best["uar"], "war": best["war"],
-              "epochs": len(history), "history": history}
+    report = make_report(cfg.fold, arm, history)
     if rank == 0:
         (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     if writer is not None:
         writer.close()
+    del train_loader, eval_loaders  # DALI pipelines and their reader processes go now, not at exit
     return report
+
+
+def make_report(fold: int, arm: str, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The result of a run: the last epoch's part-K metrics; with a validation split, those of the epoch
+    with the best validation UAR (the first on ties). Part K never chooses anything."""
+    last = history[-1]
+    n_val = last.get("val_n", 0)
+    if n_val:
+        chosen = max(history, key=lambda h: (h["val_uar"], -h["epoch"]))
+        selected_by = "best validation UAR"
+    else:
+        chosen, selected_by = last, "last epoch"
+    report = {"fold": fold, "mix_mode": arm, "epochs": len(history), "selected_by": selected_by,
+              "epoch": chosen["epoch"], "uar": chosen["uar"], "war": chosen["war"],
+              "last": {"epoch": last["epoch"], "uar": last["uar"], "war": last["war"]}, "history": history}
+    if n_val:
+        report |= {"best_epoch": chosen["epoch"], "val_uar": chosen["val_uar"], "val_war": chosen["val_war"],
+                   "val_clips": n_val}
+    return report
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def set_postfix(self, **kw: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(desc: str, total: int, disable: bool) -> Any:
+    """A tqdm bar in clips (its rate is clips/s) on rank 0; redrawn less often when not a terminal."""
+    if disable:
+        return _NoBar()
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="clip", dynamic_ncols=True, mininterval=0.5 if tty else 30)
 
 
 def _tensorboard(out: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        logger.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+        logger.info("tensorboard is not installed; metrics go to metrics.jsonl only")
         return None
     return SummaryWriter(str(out / "tb"))
 
 
+def _run_out(cfg: TrainConfig, arm: str, several_arms: bool) -> str:
+    return str(Path(cfg.out) / arm) if several_arms else cfg.out
+
+
 def train_folds(cfg: TrainConfig) -> dict[str, Any]:
-    """The 5-fold protocol (or any list of folds): one run per fold, then mean and std of UAR/WAR."""
-    reports = [train(replace(cfg, fold=k, folds="")) for k in cfg.fold_list()]
-    uar = np.array([r["uar"] for r in reports])
-    war = np.array([r["war"] for r in reports])
-    summary = {"folds": [r["fold"] for r in reports], "uar_mean": float(uar.mean()), "uar_std": float(uar.std()),
-               "war_mean": float(war.mean()), "war_std": float(war.std()), "reports": reports}
+    """Every arm (mix mode) x every fold, one run each, then one table of UAR/WAR mean and std per arm:
+    <out>/summary.json and <out>/summary.md. With several arms each runs under <out>/<arm>/fold{K}."""
+    arms, folds = cfg.arms(), cfg.fold_list()
+    several = len(arms) > 1
+    runs = [(arm, k) for arm in arms for k in folds]
+    resume = {run: cfg.resume and (Path(_run_out(cfg, run[0], several)) / f"fold{run[1]}" / "last.pt").is_file()
+              for run in runs}
+    if cfg.resume and not any(resume.values()):
+        first = Path(_run_out(cfg, arms[0], several)) / f"fold{folds[0]}" / "last.pt"
+        raise TrainError(f"--resume: no checkpoint at {first} (nor for any other fold or arm of this run); "
+                         "check --out, or run without --resume")
+    reports: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    for arm, k in runs:
+        if cfg.resume and not resume[(arm, k)]:
+            logger.info("mix mode %s fold %d has no checkpoint yet: it starts from epoch 1", arm, k)
+        run = replace(cfg, fold=k, folds="", mix_mode=arm, out=_run_out(cfg, arm, several), resume=resume[(arm, k)])
+        reports[arm].append(train(run))
+    rows = []
+    for arm in arms:
+        uar = np.array([r["uar"] for r in reports[arm]])
+        war = np.array([r["war"] for r in reports[arm]])
+        rows.append({"mix_mode": arm, "folds": folds, "uar": uar.tolist(), "war": war.tolist(),
+                     "uar_mean": float(uar.mean()), "uar_std": float(uar.std()),
+                     "war_mean": float(war.mean()), "war_std": float(war.std())})
+    selected_by = reports[arms[0]][0]["selected_by"]
+    summary = {"folds": folds, "arms": arms, "selected_by": selected_by, "rows": rows, "reports": reports,
+               "table": summary_table(rows, selected_by)}
     if not dist.is_initialized() or dist.get_rank() == 0:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+        (Path(cfg.out) / "summary.md").write_text(summary["table"])
     return summary
+
+
+def summary_table(rows: list[dict[str, Any]], selected_by: str) -> str:
+    """Markdown: one row per arm, UAR and WAR on part K as mean +- std over the folds (population std)."""
+    lines = [f"UAR and WAR (%) on part K of each fold ({selected_by}), mean +- std over the folds.", "",
+             "| mix mode | folds | UAR (%) | WAR (%) |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['mix_mode']} | {','.join(map(str, r['folds']))} | {100 * r['uar_mean']:.2f} +- "
+                     f"{100 * r['uar_std']:.2f} | {100 * r['war_mean']:.2f} +- {100 * r['war_std']:.2f} |")
+    return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-__all__ = ["ModelConfig", "create_model", "ResNet18Transformer", "R2Plus1D"]
+__all__ = ["ModelConfig", "create_model", "use_channels_last", "ResNet18Transformer", "R2Plus1D"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,8 @@ class ResNet18(nn.Module):
 
 
 class ResNet18Transformer(nn.Module):
+    memory_format = torch.contiguous_format  # of the frames fed to the 2D encoder; see use_channels_last
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.encoder = ResNet18(cfg.width)
@@ -90,7 +92,8 @@ class ResNet18Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, t, h, w = x.shape
-        f = self.encoder(x.transpose(1, 2).reshape(n * t, c, h, w)).view(n, t, -1)  # per-frame features
+        frames = x.transpose(1, 2).reshape(n * t, c, h, w).contiguous(memory_format=self.memory_format)
+        f = self.encoder(frames).view(n, t, -1)  # per-frame features
         f = torch.cat([self.cls.expand(n, -1, -1), f], dim=1) + self.pos[:, : t + 1]
         f = self.temporal(f)
         return self.head(self.norm(f[:, 0]))  # the class token sums up the clip
@@ -108,6 +111,8 @@ class Conv2Plus1D(nn.Sequential):
 
 
 class R2Plus1D(nn.Module):
+    memory_format = torch.contiguous_format
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         w = cfg.width
@@ -118,6 +123,7 @@ class R2Plus1D(nn.Module):
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(8 * w, cfg.num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
         return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3, 4)))
 
 
@@ -126,3 +132,14 @@ def create_model(cfg: ModelConfig) -> nn.Module:
     if cfg.arch not in archs:
         raise ValueError(f"unknown model {cfg.arch!r}; known: {', '.join(archs)}")
     return archs[cfg.arch](cfg)
+
+
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Channels-last weights and inputs (NHWC for the 2D frame encoder, NDHWC for R(2+1)D): the layout
+    cuDNN's tensor-core convolutions want; same outputs, in place."""
+    fmt = torch.channels_last_3d if isinstance(model, R2Plus1D) else torch.channels_last
+    for p in model.parameters():
+        if p.dim() == (5 if fmt is torch.channels_last_3d else 4):
+            p.data = p.data.contiguous(memory_format=fmt)
+    model.memory_format = fmt
+    return model
