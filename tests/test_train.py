@@ -97,7 +97,8 @@ def test_midas_train_cli_runs_with_no_other_flag(built, tmp_path):
                                     "--batch-size", "4"])
     assert res.exit_code == 0, res.output
     assert "best epoch 1: UAR" in res.output and (tmp_path / "run/fold1/metrics.jsonl").is_file()
-    res = CliRunner().invoke(main, ["--shards", str(tmp_path / "none"), "--epochs", "1"])
+    res = CliRunner().invoke(main, ["--shards", str(tmp_path / "none"), "--epochs", "1", "--out",
+                                    str(tmp_path / "run-none")])
     assert res.exit_code != 0 and "index.json not found" in res.output
 
 
