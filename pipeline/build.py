@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,16 +23,16 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.align import align_frames, get_detector
-from pipeline.cluster import init_ray
+from pipeline.cluster import init_ray, shutdown_ray
 from pipeline.config import AlignConfig, BuildConfig, DecodeConfig, config_to_dict
 from pipeline.decode import decode_clip
 from pipeline.errors import ClipRejected
 from pipeline.faults import fault_point
 from pipeline.index import index_dataset
+from pipeline.lock import OutputLocked, hold_output
 from pipeline.remote import delete_all, is_remote, local_dir, pull, push, remote_sizes
 from pipeline.write import (
     CLIPS_NAME,
-    FORMAT_DIRS,
     FORMAT_VERSION,
     INDEX_NAME,
     REJECTS_NAME,
@@ -43,6 +42,7 @@ from pipeline.write import (
     entries_present,
     entry_files,
     plan_shards,
+    remove_outputs,
     remove_temporaries,
     sample_nbytes,
     write_clips_table,
@@ -128,11 +128,16 @@ def _prepare_out(out: Path, cfg: BuildConfig) -> None:
         probe.unlink()
     except OSError as e:
         raise BuildError(f"output directory {out} is not writable: {e}") from e
-    if cfg.write.overwrite:  # mixed/ was made from the old shards: it goes too
-        for name in (*FORMAT_DIRS.values(), STATE_DIR, "mixed"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in (INDEX_NAME, CLIPS_NAME, REJECTS_NAME):
-            (out / name).unlink(missing_ok=True)
+    if cfg.write.overwrite:
+        removed = remove_outputs(out)
+        mixed = out / "mixed"
+        if mixed.is_dir():  # made from the old shards: it goes too, once no mix-offline writes there
+            with hold_output(mixed):
+                for fold in sorted(p for p in mixed.iterdir() if p.is_dir()):
+                    removed += remove_outputs(fold)
+            if not any(mixed.iterdir()):
+                mixed.rmdir()
+        logger.info("--overwrite: removed %d files of the previous build", removed)
     removed = remove_temporaries(out)
     if removed:
         logger.info("removed %d temporary files left by an interrupted run", removed)
@@ -191,6 +196,8 @@ def _index_doc(cfg: BuildConfig, states: dict[str, dict], counts: dict[str, Any]
         "kind": "clips",
         "created_by": f"midas-prep {__version__}",
         "config": config_to_dict(cfg) | {"ray": None},  # where and how fast it ran is not part of the data
+        # repair finds the source by the absolute path, whatever directory it is run from
+        "dataset": {"root": str(Path(cfg.dataset_root).resolve()), "given": str(cfg.dataset_root)},
         "classes": list(cfg.index.classes),
         "sample": {"num_frames": cfg.decode.num_frames, "frame_size": cfg.align.frame_size,
                    "members": ["frames.npy", "json", "soft.npy"]},
@@ -230,7 +237,10 @@ def build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | Non
     (fatal); per-clip failures end in rejects.parquet.
     """
     try:
-        return _build_shards(cfg, on_progress)
+        with hold_output(local_dir(cfg.write.out)):
+            return _build_shards(cfg, on_progress)
+    except OutputLocked as e:
+        raise BuildError(str(e)) from None
     except OSError as e:  # a full disk, a vanished mount: what is written stays valid, a re-run resumes
         raise BuildError(f"cannot write to {cfg.write.out}: {e}; the shards written so far are kept and a re-run "
                          "resumes") from e
@@ -356,5 +366,4 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
         raise BuildError(f"a build task failed; the shards written so far are kept and a re-run resumes: "
                          f"{e.cause if hasattr(e, 'cause') else e}") from e
     finally:
-        if started:
-            ray.shutdown()
+        shutdown_ray(started)

@@ -60,6 +60,9 @@ class _Progress:
 @click.version_option(__version__, prog_name="midas-prep")
 def main() -> None:
     """Preprocess DFER video datasets into training shards and augment them with MIDAS."""
+    from pipeline.cluster import exit_on_sigterm
+
+    exit_on_sigterm()  # SIGTERM ends a command like Ctrl-C: Ray shut down, the output lock released
 
 
 @main.command("build-shards")
