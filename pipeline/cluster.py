@@ -60,7 +60,8 @@ def _quiet_env(local: bool) -> None:
 def local_ray_kwargs(num_cpus: int) -> dict[str, Any]:
     """ray.init arguments of a local, loopback-only, quiet Ray (sets the environment it needs)."""
     _quiet_env(local=True)
-    return {"num_cpus": num_cpus, "include_dashboard": False, "_node_ip_address": "127.0.0.1",
+    # address="local": a new Ray of our own, never one a `ray start` left on this machine
+    return {"address": "local", "num_cpus": num_cpus, "include_dashboard": False, "_node_ip_address": "127.0.0.1",
             "log_to_driver": False, "logging_level": logging.WARNING}
 
 
