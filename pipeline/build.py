@@ -143,10 +143,16 @@ def _prepare_out(out: Path, cfg: BuildConfig) -> None:
         logger.info("removed %d temporary files left by an interrupted run", removed)
 
 
+def _plan_config(cfg: BuildConfig) -> dict[str, Any]:
+    """What a resume must match: the output config, with the dataset by its absolute path (the
+    same dataset named from another directory is the same build; repair runs from anywhere)."""
+    return cfg.output_config() | {"dataset_root": str(Path(cfg.dataset_root).resolve())}
+
+
 def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]]) -> None:
     """The plan on disk must match this run's, or resuming would mix two builds."""
     path = out / STATE_DIR / "plan.json"
-    doc = {"config": cfg.output_config(), "shards": plan}
+    doc = {"config": _plan_config(cfg), "shards": plan}
     if path.is_file():
         old = json.loads(path.read_text())
         if old["config"] != doc["config"]:
@@ -217,7 +223,7 @@ def plan_build(cfg: BuildConfig) -> dict[str, Any]:
     plan_file = out / STATE_DIR / "plan.json"
     if not cfg.write.overwrite and plan_file.is_file():
         old = json.loads(plan_file.read_text())
-        if old["config"] != cfg.output_config() or old["shards"] != plan:
+        if old["config"] != _plan_config(cfg) or old["shards"] != plan:
             raise BuildError(f"{out} holds a build with another config or clip list; pass --overwrite")
         done = _load_done(out, plan)
     parts = Counter(c["part"] for c in index.clips)
