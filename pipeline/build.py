@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from pipeline.errors import ClipRejected
 from pipeline.faults import fault_point
 from pipeline.index import index_dataset
 from pipeline.lock import OutputLocked, hold_output
-from pipeline.remote import delete_all, is_remote, local_dir, pull, push, remote_sizes
+from pipeline.remote import delete_keys, is_remote, local_dir, pull, push, remote_sizes
 from pipeline.write import (
     CLIPS_NAME,
     FORMAT_VERSION,
@@ -41,6 +42,7 @@ from pipeline.write import (
     encode_sample,
     entries_present,
     entry_files,
+    owned_files,
     plan_shards,
     remove_outputs,
     remove_temporaries,
@@ -141,6 +143,26 @@ def _prepare_out(out: Path, cfg: BuildConfig) -> None:
     removed = remove_temporaries(out)
     if removed:
         logger.info("removed %d temporary files left by an interrupted run", removed)
+
+
+def remove_remote_outputs(uri: str) -> int:
+    """--overwrite of a remote output: delete the objects build-shards / mix-offline wrote there
+    (owned_files of the output and of each mixed/<fold>/ under it, read from the remote's own
+    index.json and _state/), never the whole prefix; -> objects deleted."""
+    sizes = remote_sizes(uri)
+    roots = {""}
+    for k in sizes:
+        for suffix in (INDEX_NAME, f"{STATE_DIR}/plan.json"):
+            if k.startswith("mixed/") and k.endswith("/" + suffix):
+                roots.add(k[: -len(suffix)])  # mixed/<fold>/
+    keys: set[str] = set()
+    with tempfile.TemporaryDirectory() as tmp:
+        for root in sorted(roots):
+            meta = [k[len(root):] for k in sizes if k.startswith(root)
+                    and (k[len(root):] == INDEX_NAME or k[len(root):].startswith(f"{STATE_DIR}/"))]
+            pull(f"{uri.rstrip('/')}/{root}" if root else uri, Path(tmp) / root, meta)
+            keys |= {root + f for f in owned_files(Path(tmp) / root)}
+    return delete_keys(uri, sorted(keys & set(sizes)))
 
 
 def _plan_config(cfg: BuildConfig) -> dict[str, Any]:
@@ -267,7 +289,7 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
     sizes = None
     if remote:
         if cfg.write.overwrite:
-            delete_all(remote)
+            remove_remote_outputs(remote)
         sizes = remote_sizes(remote)
         pull(remote, out, [k for k in sizes if k.startswith(f"{STATE_DIR}/")], sizes)
     plan = plan_shards(index.clips, cfg.write.shard_size_mb,

@@ -29,7 +29,7 @@ from pipeline.config import MixConfig, RayConfig, config_to_dict
 from pipeline.faults import fault_point
 from pipeline.lock import OutputLocked, hold_output
 from pipeline.read import SampleReader, ShardError, check_files, open_index
-from pipeline.remote import delete_all, is_remote, local_dir, pull, push, remote_sizes
+from pipeline.remote import is_remote, local_dir, pull, push, remote_sizes
 from pipeline.write import (
     CLIPS_NAME,
     FORMAT_VERSION,
@@ -254,7 +254,9 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
         if cfg.overwrite:
             remove_outputs(fout)
             if fold_uri:
-                delete_all(fold_uri)
+                from pipeline.build import remove_remote_outputs
+
+                remove_remote_outputs(fold_uri)
         fout.mkdir(parents=True, exist_ok=True)
         remove_temporaries(fout)
         sizes = None

@@ -32,6 +32,9 @@ from pipeline.lock import LOCK_NAME
 from pipeline.verify import verify_shards
 from pipeline.write import FORMAT_DIRS, shard_files, write_shard_files
 
+pytest.importorskip("moto.server")
+from test_remote import s3  # noqa: E402, F401  (the moto S3 server fixture)
+
 BUILD_ARGS = ["--workers", "2", "--shard-size-mb", "2"]
 RAY_NOISE = ("authentication_token_setup", "Token authentication", "dashboard", "SIGTERM received", "PC: @",
              "Traceback")
@@ -432,3 +435,36 @@ def test_a_two_node_cluster_that_loses_a_node_mid_build_gives_the_same_shards(bu
         shutil.rmtree(temp, ignore_errors=True)
     assert _files(out) == _files(built[0])
     assert verify_shards(out).ok
+
+
+def test_overwrite_of_an_s3_output_deletes_only_the_tools_objects(s3, built, sample, tmp_path):  # noqa: F811
+    """The same rule on object storage: --overwrite deletes the objects the output's own
+    index.json and _state/ name (and its mixed folds'), not every object under the prefix."""
+    import boto3
+
+    from pipeline.remote import remote_sizes
+
+    uri = "s3://midas/ow"
+    env = _env(**s3)
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "build-shards", str(sample.root), "--out", uri,
+                          *BUILD_ARGS], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    client = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"])
+    others = {"ow/thesis.tmp": b"t", "ow/parquet/mine.parquet": b"p", "ow/mixed/README": b"r",
+              "ow/webdataset/part1-999999.tar.bak": b"b"}
+    for key, data in others.items():
+        client.put_object(Bucket="midas", Key=key, Body=data)
+    old = set(remote_sizes(uri))
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "build-shards", str(sample.root), "--out", uri,
+                          "--frame-size", "64", "--overwrite", *BUILD_ARGS], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for key, data in others.items():
+        assert client.get_object(Bucket="midas", Key=key)["Body"].read() == data
+    index = json.loads(client.get_object(Bucket="midas", Key="ow/index.json")["Body"].read())
+    assert index["sample"]["frame_size"] == 64
+    listed = {f for e in index["shards"] for f in [e["path"], e.get("idx", {}).get("path")] if f}
+    mine = {k[len("ow/"):] for k in others}
+    stale = {k for k in old & set(remote_sizes(uri)) - mine
+             if k.startswith(tuple(FORMAT_DIRS.values())) and k not in listed}
+    assert not stale
