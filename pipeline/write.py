@@ -289,10 +289,21 @@ def entries_present(out: Path, entries: list[dict[str, Any]], sizes: dict[str, i
 
 
 def read_index(out: Path) -> dict[str, Any] | None:
+    """index.json of `out`, None if there is none; a file that is not an index is a ShardError
+    naming it and the command that says how to rebuild it."""
     path = Path(out) / INDEX_NAME
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict) or not isinstance(doc.get("shards"), list):
+            raise ValueError("not an index.json object with a shards list")
+    except (ValueError, UnicodeDecodeError) as e:
+        from pipeline.read import ShardError
+
+        raise ShardError(f"{path} is unreadable ({e}); `midas-prep verify {out} --repair` rewrites it or names the "
+                         "command that rebuilds it") from None
+    return doc
 
 
 def write_index(out: Path, doc: dict[str, Any]) -> None:
