@@ -176,7 +176,12 @@ def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]]) -> None
     path = out / STATE_DIR / "plan.json"
     doc = {"config": _plan_config(cfg), "shards": plan}
     if path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+            if not isinstance(old, dict) or not {"config", "shards"} <= set(old):
+                raise ValueError("not a build plan")
+        except ValueError as e:
+            raise BuildError(f"{path} is unreadable ({e}); pass --overwrite to rebuild {out}") from None
         if old["config"] != doc["config"]:
             diffs = _diff(old["config"], doc["config"])
             raise BuildError(
@@ -210,8 +215,12 @@ def _load_done(out: Path, plan: list[dict[str, Any]], sizes: dict[str, int] | No
         path = out / STATE_DIR / f"{shard['name']}.json"
         if not path.is_file():
             continue
-        state = json.loads(path.read_text())
-        if entries_present(out, state["entries"], sizes):
+        try:
+            state = json.loads(path.read_text())
+            present = entries_present(out, state["entries"], sizes)
+        except (ValueError, KeyError, TypeError):  # a garbled done-file: the shard is built again
+            present = False
+        if present:
             done[shard["name"]] = state
         else:
             logger.warning("shard %s is incomplete on disk; rebuilding it", shard["name"])

@@ -290,6 +290,8 @@ def repair_shards(shards: str | Path, report: VerifyReport) -> list[str]:
             return [name for job in jobs for name in _do_repair(shards, job)]
     except OutputLocked as e:
         raise ShardError(str(e)) from None
+    except OSError as e:  # a read-only or full disk: what was rebuilt so far stays valid
+        raise ShardError(f"cannot repair {shards}: {e}; run verify again to see what is left") from e
 
 
 def _plan_repair(shards: Path, ipath: Path, problems: list[Problem], damaged_indexes: set[str]) -> _Job:

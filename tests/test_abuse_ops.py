@@ -468,3 +468,14 @@ def test_overwrite_of_an_s3_output_deletes_only_the_tools_objects(s3, built, sam
     stale = {k for k in old & set(remote_sizes(uri)) - mine
              if k.startswith(tuple(FORMAT_DIRS.values())) and k not in listed}
     assert not stale
+
+
+def test_garbled_state_files_are_an_answer_not_a_traceback(copy, built, sample, ray_session):
+    """A garbled done-file means its shard is built again; a garbled plan is an error naming it."""
+    done = sorted((copy / "_state").glob("part2-*.json"))[0]
+    done.write_text("{garbled")
+    build_shards(build_config(sample.root, copy, **{"ray.workers": 2, "write.shard_size_mb": 2.0}))
+    assert _files(copy) == _files(built[0]) and json.loads(done.read_text())["shard"] == done.stem
+    (copy / "_state" / "plan.json").write_text("[]")
+    with pytest.raises(BuildError, match=r"plan.json is unreadable .*pass --overwrite"):
+        build_shards(build_config(sample.root, copy, **{"ray.workers": 2, "write.shard_size_mb": 2.0}))
