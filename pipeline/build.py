@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,16 +24,16 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.align import align_frames, get_detector
-from pipeline.cluster import init_ray
+from pipeline.cluster import init_ray, shutdown_ray
 from pipeline.config import AlignConfig, BuildConfig, DecodeConfig, config_to_dict
 from pipeline.decode import decode_clip
 from pipeline.errors import ClipRejected
 from pipeline.faults import fault_point
 from pipeline.index import index_dataset
-from pipeline.remote import delete_all, is_remote, local_dir, pull, push, remote_sizes
+from pipeline.lock import OutputLocked, hold_output
+from pipeline.remote import delete_keys, is_remote, local_dir, pull, push, remote_sizes
 from pipeline.write import (
     CLIPS_NAME,
-    FORMAT_DIRS,
     FORMAT_VERSION,
     INDEX_NAME,
     REJECTS_NAME,
@@ -42,7 +42,9 @@ from pipeline.write import (
     encode_sample,
     entries_present,
     entry_files,
+    owned_files,
     plan_shards,
+    remove_outputs,
     remove_temporaries,
     sample_nbytes,
     write_clips_table,
@@ -128,11 +130,16 @@ def _prepare_out(out: Path, cfg: BuildConfig) -> None:
         probe.unlink()
     except OSError as e:
         raise BuildError(f"output directory {out} is not writable: {e}") from e
-    if cfg.write.overwrite:  # mixed/ was made from the old shards: it goes too
-        for name in (*FORMAT_DIRS.values(), STATE_DIR, "mixed"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in (INDEX_NAME, CLIPS_NAME, REJECTS_NAME):
-            (out / name).unlink(missing_ok=True)
+    if cfg.write.overwrite:
+        removed = remove_outputs(out)
+        mixed = out / "mixed"
+        if mixed.is_dir():  # made from the old shards: it goes too, once no mix-offline writes there
+            with hold_output(mixed):
+                for fold in sorted(p for p in mixed.iterdir() if p.is_dir()):
+                    removed += remove_outputs(fold)
+            if not any(mixed.iterdir()):
+                mixed.rmdir()
+        logger.info("--overwrite: removed %d files of the previous build", removed)
     removed = remove_temporaries(out)
     if removed:
         logger.info("removed %d temporary files left by an interrupted run", removed)
@@ -156,12 +163,43 @@ def _check_writable(out: Path) -> None:
         raise BuildError(f"output directory {out} is not writable: {p} is not a writable folder")
 
 
+def remove_remote_outputs(uri: str) -> int:
+    """--overwrite of a remote output: delete the objects build-shards / mix-offline wrote there
+    (owned_files of the output and of each mixed/<fold>/ under it, read from the remote's own
+    index.json and _state/), never the whole prefix; -> objects deleted."""
+    sizes = remote_sizes(uri)
+    roots = {""}
+    for k in sizes:
+        for suffix in (INDEX_NAME, f"{STATE_DIR}/plan.json"):
+            if k.startswith("mixed/") and k.endswith("/" + suffix):
+                roots.add(k[: -len(suffix)])  # mixed/<fold>/
+    keys: set[str] = set()
+    with tempfile.TemporaryDirectory() as tmp:
+        for root in sorted(roots):
+            meta = [k[len(root):] for k in sizes if k.startswith(root)
+                    and (k[len(root):] == INDEX_NAME or k[len(root):].startswith(f"{STATE_DIR}/"))]
+            pull(f"{uri.rstrip('/')}/{root}" if root else uri, Path(tmp) / root, meta)
+            keys |= {root + f for f in owned_files(Path(tmp) / root)}
+    return delete_keys(uri, sorted(keys & set(sizes)))
+
+
+def _plan_config(cfg: BuildConfig) -> dict[str, Any]:
+    """What a resume must match: the output config, with the dataset by its absolute path (the
+    same dataset named from another directory is the same build; repair runs from anywhere)."""
+    return cfg.output_config() | {"dataset_root": str(Path(cfg.dataset_root).resolve())}
+
+
 def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]], write: bool = True) -> None:
     """The plan on disk must match this run's, or resuming would mix two builds (the dry run checks, no write)."""
     path = out / STATE_DIR / "plan.json"
-    doc = {"config": cfg.output_config(), "shards": plan}
+    doc = {"config": _plan_config(cfg), "shards": plan}
     if path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+            if not isinstance(old, dict) or not {"config", "shards"} <= set(old):
+                raise ValueError("not a build plan")
+        except ValueError as e:
+            raise BuildError(f"{path} is unreadable ({e}); pass --overwrite to rebuild {out}") from None
         if old["config"] != doc["config"]:
             diffs = _diff(old["config"], doc["config"])
             raise BuildError(
@@ -196,8 +234,12 @@ def _load_done(out: Path, plan: list[dict[str, Any]], sizes: dict[str, int] | No
         path = out / STATE_DIR / f"{shard['name']}.json"
         if not path.is_file():
             continue
-        state = json.loads(path.read_text())
-        if entries_present(out, state["entries"], sizes):
+        try:
+            state = json.loads(path.read_text())
+            present = entries_present(out, state["entries"], sizes)
+        except (ValueError, KeyError, TypeError):  # a garbled done-file: the shard is built again
+            present = False
+        if present:
             done[shard["name"]] = state
         else:
             logger.warning("shard %s is incomplete on disk; rebuilding it", shard["name"])
@@ -210,6 +252,8 @@ def _index_doc(cfg: BuildConfig, states: dict[str, dict], counts: dict[str, Any]
         "kind": "clips",
         "created_by": f"midas-prep {__version__}",
         "config": config_to_dict(cfg) | {"ray": None},  # where and how fast it ran is not part of the data
+        # repair finds the source by the absolute path, whatever directory it is run from
+        "dataset": {"root": str(Path(cfg.dataset_root).resolve()), "given": str(cfg.dataset_root)},
         "classes": list(cfg.index.classes),
         "sample": {"num_frames": cfg.decode.num_frames, "frame_size": cfg.align.frame_size,
                    "members": ["frames.npy", "json", "soft.npy"]},
@@ -252,7 +296,10 @@ def build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | Non
     (fatal); per-clip failures end in rejects.parquet.
     """
     try:
-        return _build_shards(cfg, on_progress)
+        with hold_output(local_dir(cfg.write.out)):
+            return _build_shards(cfg, on_progress)
+    except OutputLocked as e:
+        raise BuildError(str(e)) from None
     except OSError as e:  # a full disk, a vanished mount: what is written stays valid, a re-run resumes
         raise BuildError(f"cannot write to {cfg.write.out}: {e}; the shards written so far are kept and a re-run "
                          "resumes") from e
@@ -271,7 +318,7 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
     sizes = None
     if remote:
         if cfg.write.overwrite:
-            delete_all(remote)
+            remove_remote_outputs(remote)
         sizes = remote_sizes(remote)
         pull(remote, out, [k for k in sizes if k.startswith(f"{STATE_DIR}/")], sizes)
     plan = plan_shards(index.clips, cfg.write.shard_size_mb,
@@ -377,5 +424,4 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
         raise BuildError(f"a build task failed; the shards written so far are kept and a re-run resumes: "
                          f"{e.cause if hasattr(e, 'cause') else e}") from e
     finally:
-        if started:
-            ray.shutdown()
+        shutdown_ray(started)

@@ -110,6 +110,9 @@ _version = click.version_option(__version__, "--version", prog_name="midas-prep"
 @_version
 def main() -> None:
     """Preprocess DFER video datasets into training shards and augment them with MIDAS."""
+    from pipeline.cluster import exit_on_sigterm
+
+    exit_on_sigterm()  # SIGTERM ends a command like Ctrl-C: Ray shut down, the output lock released
 
 
 @main.command("build-shards")

@@ -1,32 +1,129 @@
-"""Ray: join a cluster or start a local one on localhost, once per process."""
+"""Ray: join a cluster or start a local one bound to 127.0.0.1, quietly, and leave nothing behind.
+
+A local Ray listens on the loopback interface only: Ray replaces a `127.0.0.1` node address
+by the host's network address unless `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (its "single
+machine" mode, the default on macOS and Windows), so that is set before a local start;
+gcs_server, raylet, the workers and the runtime-env agent then all bind 127.0.0.1. Token
+authentication stays on (Ray's default for a local start) and is named explicitly
+(`RAY_AUTH_MODE=token`), which keeps Ray from printing a warning about it on every command.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
-__all__ = ["init_ray"]
+__all__ = ["init_ray", "shutdown_ray", "local_ray_kwargs", "exit_on_sigterm", "LOCAL_ONLY_ENV"]
 
 logger = logging.getLogger(__name__)
+
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray keeps 127.0.0.1 as the node address
+
+
+_ray_roots: list[Any] = []  # psutil.Process of the processes a local start spawned
+
+
+def _children() -> list[Any]:
+    import psutil
+
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _token_available() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def _quiet_env(local: bool) -> None:
+    """Name the auth mode Ray would pick anyway (no warning), and, for a local start, keep it on loopback."""
+    if "RAY_AUTH_MODE" not in os.environ and (local or _token_available()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        raylet = sys.modules.get("ray._raylet")
+        if raylet is not None:  # Ray caches its config at import: refresh it, as Ray does when it turns auth on
+            raylet.Config.initialize("")
+    if local:
+        os.environ[LOCAL_ONLY_ENV] = "0"
+        constants = sys.modules.get("ray._private.ray_constants")
+        if constants is not None:  # read at import: an already imported Ray needs the flag set too
+            constants.ENABLE_RAY_CLUSTER = False
+
+
+def local_ray_kwargs(num_cpus: int) -> dict[str, Any]:
+    """ray.init arguments of a local, loopback-only, quiet Ray (sets the environment it needs)."""
+    _quiet_env(local=True)
+    # address="local": a new Ray of our own, never one a `ray start` left on this machine
+    return {"address": "local", "num_cpus": num_cpus, "include_dashboard": False, "_node_ip_address": "127.0.0.1",
+            "log_to_driver": False, "logging_level": logging.WARNING}
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    print("midas-prep: stopped by SIGTERM; finished shards are kept and a re-run resumes", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM -> SystemExit(143): `finally` blocks run (Ray shut down, the output lock released).
+
+    Called again after ray.init, which installs Ray's own handler and its C++ one that prints
+    a stack dump."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def init_ray(address: str, workers: int) -> tuple[int, bool]:
     """Join `address` (or RAY_ADDRESS) or start a local Ray; -> (tasks to keep in flight, started here).
 
-    A local Ray listens on 127.0.0.1 with no dashboard. When Ray is already initialised
-    (a test session, a notebook) it is reused and `workers` only caps the tasks in flight.
+    When Ray is already initialised (a test session, a notebook) it is reused and `workers`
+    only caps the tasks in flight. A Ray started here must be ended with `shutdown_ray`.
     """
+    address = address or os.environ.get("RAY_ADDRESS", "")
     import ray
 
     started = False
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS", "")
         if address:
+            _quiet_env(local=False)
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
-                     _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING)
+            before = _children()
+            ray.init(**local_ray_kwargs(workers or os.cpu_count() or 1))
+            _ray_roots[:] = [p for p in _children() if p not in before]  # gcs_server, raylet, agents
         started = True
+        exit_on_sigterm()
     if not workers:
         workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
     return workers, started
+
+
+def shutdown_ray(started: bool) -> None:
+    """End a Ray that `init_ray` started, and every process it left (idle workers outlive
+    the raylet by seconds otherwise). A joined or reused Ray is left alone."""
+    if not started:
+        return
+    import psutil
+    import ray
+
+    mine = list(_ray_roots)
+    for root in _ray_roots:
+        try:
+            mine += root.children(recursive=True)  # the workers, children of the raylet
+        except psutil.Error:
+            continue
+    _ray_roots.clear()
+    ray.shutdown()
+    _, alive = psutil.wait_procs(mine, timeout=2)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(alive, timeout=2)

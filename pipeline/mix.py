@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,14 +24,14 @@ from typing import Any
 import numpy as np
 
 from pipeline import __version__
-from pipeline.cluster import init_ray
+from pipeline.cluster import init_ray, shutdown_ray
 from pipeline.config import MixConfig, RayConfig, config_to_dict
 from pipeline.faults import fault_point
+from pipeline.lock import OutputLocked, hold_output
 from pipeline.read import SampleReader, ShardError, check_files, open_index
-from pipeline.remote import delete_all, is_remote, local_dir, pull, push, remote_sizes
+from pipeline.remote import is_remote, local_dir, pull, push, remote_sizes
 from pipeline.write import (
     CLIPS_NAME,
-    FORMAT_DIRS,
     FORMAT_VERSION,
     INDEX_NAME,
     STATE_DIR,
@@ -40,6 +39,7 @@ from pipeline.write import (
     encode_sample,
     entries_present,
     entry_files,
+    remove_outputs,
     remove_temporaries,
     sample_nbytes,
     write_index,
@@ -224,7 +224,10 @@ def mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> MixSummary:
     """Write MIDAS-mixed copies of every fold's training set; resumes an interrupted run."""
     try:
-        return _mix_offline(cfg, ray_cfg, on_progress)
+        with hold_output(local_dir(cfg.out or (cfg.shards.rstrip("/") + "/mixed"))):
+            return _mix_offline(cfg, ray_cfg, on_progress)
+    except OutputLocked as e:
+        raise ShardError(str(e)) from None
     except OSError as e:
         raise ShardError(f"cannot write the mixed shards: {e}; finished shards are kept and a re-run resumes") from e
 
@@ -265,11 +268,11 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
         fout = _fold_out(out, k)
         fold_uri = f"{out_remote}/fold{k}" if out_remote else ""
         if cfg.overwrite:
-            for name in (*FORMAT_DIRS.values(), STATE_DIR):
-                shutil.rmtree(fout / name, ignore_errors=True)
-            (fout / INDEX_NAME).unlink(missing_ok=True)
+            remove_outputs(fout)
             if fold_uri:
-                delete_all(fold_uri)
+                from pipeline.build import remove_remote_outputs
+
+                remove_remote_outputs(fold_uri)
         fout.mkdir(parents=True, exist_ok=True)
         remove_temporaries(fout)
         sizes = None
@@ -325,8 +328,7 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
         except ray.exceptions.RayTaskError as e:
             raise ShardError(f"a mix task failed; finished shards are kept and a re-run resumes: {e}") from e
         finally:
-            if started:
-                ray.shutdown()
+            shutdown_ray(started)
 
     lams = []
     for k in plan:

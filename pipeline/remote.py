@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["is_remote", "filesystem", "cache_dir", "local_dir", "remote_sizes", "pull", "push", "delete_all"]
+__all__ = ["is_remote", "filesystem", "cache_dir", "local_dir", "remote_sizes", "pull", "push", "delete_all",
+           "delete_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +126,16 @@ def delete_all(uri: str) -> None:
         filesys.delete_dir_contents(base, missing_dir_ok=True)
     except FileNotFoundError:
         pass
+
+
+def delete_keys(uri: str, rels: Iterable[str]) -> int:
+    """Remove the objects `rels` under `uri` (those missing are skipped); -> how many were removed."""
+    filesys, base = filesystem(uri)
+    n = 0
+    for rel in rels:
+        try:
+            filesys.delete_file(f"{base}/{rel}")
+            n += 1
+        except FileNotFoundError:
+            continue
+    return n

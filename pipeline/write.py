@@ -52,7 +52,10 @@ __all__ = [
     "write_index",
     "write_clips_table",
     "write_rejects_table",
+    "shard_files",
+    "owned_files",
     "remove_temporaries",
+    "remove_outputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -286,10 +289,21 @@ def entries_present(out: Path, entries: list[dict[str, Any]], sizes: dict[str, i
 
 
 def read_index(out: Path) -> dict[str, Any] | None:
+    """index.json of `out`, None if there is none; a file that is not an index is a ShardError
+    naming it and the command that says how to rebuild it."""
     path = Path(out) / INDEX_NAME
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict) or not isinstance(doc.get("shards"), list):
+            raise ValueError("not an index.json object with a shards list")
+    except (ValueError, UnicodeDecodeError) as e:
+        from pipeline.read import ShardError
+
+        raise ShardError(f"{path} is unreadable ({e}); `midas-prep verify {out} --repair` rewrites it or names the "
+                         "command that rebuilds it") from None
+    return doc
 
 
 def write_index(out: Path, doc: dict[str, Any]) -> None:
@@ -342,12 +356,83 @@ def write_rejects_table(out: Path, rows: list[dict[str, Any]]) -> None:
         [{k: r.get(k) for k in ("clip_id", "source", "stage", "error")} for r in rows], schema))
 
 
+def shard_files(shard: str, fmt: str, part: int = 0) -> list[str]:
+    """Relative paths of one planned shard's files in format `fmt`, as write_shard_files names them
+    (cleanup finds the files of a shard that a killed run wrote but did not list anywhere)."""
+    files = [f"{FORMAT_DIRS[fmt]}/{shard}{_SUFFIX[fmt]}"]
+    if fmt == "webdataset":
+        files.append(f"{FORMAT_DIRS[fmt]}/{shard}.idx")
+    return files
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def owned_files(out: Path) -> set[str]:
+    """Relative paths of every file under `out` that build-shards or mix-offline writes there, as
+    far as `out` itself records them: index.json, clips.parquet, rejects.parquet, _state/plan.json,
+    the done-file of every planned shard, and each shard's files (listed in index.json, in a
+    done-file, or named by the plan). Anything else under `out` belongs to someone else."""
+    out = Path(out)
+    files = {INDEX_NAME, CLIPS_NAME, REJECTS_NAME, f"{STATE_DIR}/plan.json"}
+    shards: dict[str, int] = {}
+    plan = _json_or_none(out / STATE_DIR / "plan.json")
+    if isinstance(plan, dict):
+        shards |= {s["name"]: int(s.get("part", 0)) for s in plan.get("shards", []) if isinstance(s, dict)}
+    entries: list[dict[str, Any]] = []
+    index = _json_or_none(out / INDEX_NAME)
+    if isinstance(index, dict):
+        entries += [e for e in index.get("shards", []) if isinstance(e, dict)]
+    for done in (out / STATE_DIR).glob("*.json") if (out / STATE_DIR).is_dir() else ():
+        state = _json_or_none(done) if done.stem in shards else None
+        if isinstance(state, dict):
+            entries += [e for e in state.get("entries", []) if isinstance(e, dict)]
+    for e in entries:
+        shards.setdefault(e.get("shard", ""), int(e.get("part", 0)))
+        files.add(e.get("path", ""))
+        if isinstance(e.get("idx"), dict):
+            files.add(e["idx"].get("path", ""))
+    for name, part in shards.items():
+        if name:
+            files.add(f"{STATE_DIR}/{name}.json")
+            files.update(f for fmt in FORMAT_DIRS for f in shard_files(name, fmt, part))
+    # a listed path that climbs out of `out` (a hand-edited index.json) is never ours
+    return {f for f in files if f and not Path(f).is_absolute() and ".." not in Path(f).parts}
+
+
 def remove_temporaries(out: Path) -> int:
-    """Delete `*.tmp` files a killed run left behind; returns how many."""
+    """Delete the `<name>.tmp` files a killed run left beside the files it writes; returns how many.
+
+    Only temporaries of our own file names are touched (owned_files): a user's `thesis.tmp`
+    next to the shards stays."""
     n = 0
-    for d in (out, *(out / sub for sub in (*FORMAT_DIRS.values(), STATE_DIR))):
-        if d.is_dir():
-            for p in d.glob(f"*{_TMP}*"):
-                p.unlink()
-                n += 1
+    for rel in sorted(owned_files(out)):
+        tmp = Path(out) / (rel + _TMP)
+        if tmp.is_file():
+            tmp.unlink()
+            n += 1
+    return n
+
+
+def remove_outputs(out: Path) -> int:
+    """--overwrite: delete what build-shards / mix-offline wrote under `out` (owned_files and
+    their temporaries), then the folders that this left empty; returns the files deleted.
+
+    Files of others in the same folders stay, and so do their folders."""
+    out = Path(out)
+    n = remove_temporaries(out)
+    dirs: set[Path] = set()
+    for rel in sorted(owned_files(out)):
+        path = out / rel
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            n += 1
+        dirs.update(p for p in path.parents if p != out and out in p.parents)
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
     return n

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -31,8 +30,9 @@ def ray_session():
     """A real local Ray, started once (ray.init costs seconds), listening on localhost."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             logging_level=logging.WARNING)
+    from pipeline.cluster import local_ray_kwargs
+
+    ray.init(**local_ray_kwargs(2))
     yield ray
     ray.shutdown()
 

@@ -106,7 +106,8 @@ def test_midas_train_cli_runs_with_no_other_flag(built, tmp_path):
     assert res.exit_code == 0, res.output
     assert "test (part 1), last epoch 1:  UAR" in res.output and (tmp_path / "run/fold1/metrics.jsonl").is_file()
     assert not any(line.lstrip().startswith("{") for line in res.output.splitlines())  # every line labelled
-    res = CliRunner().invoke(main, ["--shards", str(tmp_path / "none"), "--epochs", "1", "--out", str(tmp_path)])
+    res = CliRunner().invoke(main, ["--shards", str(tmp_path / "none"), "--epochs", "1", "--out",
+                                    str(tmp_path / "run-none")])
     assert res.exit_code != 0 and "index.json not found" in res.output
 
 

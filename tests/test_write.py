@@ -65,7 +65,11 @@ def test_empty_shard_writes_nothing(tmp_path):
 
 
 def test_temporaries_are_cleaned(tmp_path):
+    (tmp_path / "_state").mkdir()
+    (tmp_path / "_state/plan.json").write_text('{"config": {}, "shards": [{"name": "part1-000000", "part": 1}]}')
     (tmp_path / "webdataset").mkdir()
     (tmp_path / "webdataset/part1-000000.tar.tmp").write_bytes(b"partial")
     (tmp_path / "index.json.tmp").write_bytes(b"{")
+    (tmp_path / "thesis.tmp").write_bytes(b"not ours")
     assert remove_temporaries(tmp_path) == 2
+    assert (tmp_path / "thesis.tmp").exists()

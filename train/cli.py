@@ -67,7 +67,8 @@ def main(shards, fold, folds, epochs, batch_size, lr, accum_steps, out, model, w
              "compile": compile_, "py_workers": py_workers, "num_threads": num_threads, "seed": seed,
              "max_steps": max_steps}
     try:
-        cfg: TrainConfig = load_config(TrainConfig, config, parse_set(sets) | {k: v for k, v in flags.items() if v is not None})
+        given = {k: v for k, v in flags.items() if v is not None}  # a flag left out must not hide a --set
+        cfg: TrainConfig = load_config(TrainConfig, config, parse_set(sets) | given)
         several = bool(cfg.folds) or len(cfg.arms()) > 1
     except ConfigError as e:
         raise click.UsageError(str(e)) from e
