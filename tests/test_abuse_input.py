@@ -165,6 +165,8 @@ def test_annotation_label_out_of_range_is_an_error_naming_file_row_value(tmp_pat
     msg = str(e.value)
     assert "annotation.xlsx" in msg and "row 5" in msg and f"label {bad!r}" in msg and "0..7" in msg
     assert "\n" not in msg
+    line = _cli_error(["build-shards", str(root), "--out", str(tmp_path / "shards")])  # a real run, not a dry one
+    assert "row 5" in line and not (tmp_path / "shards").exists()  # nothing was started
 
 
 def test_split_label_disagreeing_with_annotation_names_both_files_clip_and_values(tmp_path):
