@@ -186,9 +186,18 @@ def test_split_label_for_a_clip_the_annotation_calls_not_single_labelled_is_a_di
     rows = _rows()
     rows[0][8] = 0  # clip 1: "no single label" in the annotation, but the split file gives it label 2
     root = dfew(tmp_path / "dfew", rows)
-    p = _test_set(root, 1)
-    p.write_text(p.read_text().replace("\n1,0\n", "\n1,2\n"))
+    for p in (root / "EmoLabel_DataSplit").glob("*/set_*.csv"):
+        p.write_text(p.read_text().replace("\n1,0\n", "\n1,2\n"))
     with pytest.raises(LayoutError, match=r"clip '00001': annotation\.xlsx row 2 says label 0"):
+        index_dataset(root, IndexConfig())
+
+
+def test_a_train_split_file_contradicting_the_annotation_is_an_error_too(tmp_path):
+    root = dfew(tmp_path / "dfew")
+    p = root / "EmoLabel_DataSplit" / "train(single-labeled)" / "set_1.csv"  # clips 2..5, 7..10
+    p.write_text(p.read_text().replace("\n3,4\n", "\n3,6\n"))
+    with pytest.raises(LayoutError, match=r"clip '00003': annotation\.xlsx row 4 says label 4, "
+                                          r"train\(single-labeled\)/set_1\.csv row \d says 6"):
         index_dataset(root, IndexConfig())
 
 

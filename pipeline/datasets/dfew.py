@@ -119,15 +119,15 @@ def _find_annotation(root: Path) -> Path | None:
     return files[0] if files else None
 
 
-def _find_test_sets(root: Path) -> tuple[dict[int, Path], list[str]]:
-    """{fold: set_K.csv} of the test split dir, and the missing pieces."""
+def _find_test_sets(root: Path, which: str = "test") -> tuple[dict[int, Path], list[str]]:
+    """{fold: set_K.csv} of the test (or train) split dir, and the missing pieces."""
     split_dir = _child(root, "EmoLabel_DataSplit", "EmoLabelDataSplit", "DataSplit", "Split")
     if split_dir is None:
         return {}, ["EmoLabel_DataSplit/"]
-    tests = [p for p in sorted(split_dir.iterdir()) if p.is_dir() and _norm(p.name).startswith("test")]
+    tests = [p for p in sorted(split_dir.iterdir()) if p.is_dir() and _norm(p.name).startswith(which)]
     tests.sort(key=lambda p: "single" not in _norm(p.name))
     if not tests:
-        return {}, [f"{split_dir.name}/test(single-labeled)/"]
+        return {}, [f"{split_dir.name}/{which}(single-labeled)/"]
     sets: dict[int, Path] = {}
     for p in sorted(tests[0].iterdir()):
         m = re.fullmatch(r"set_?(\d+)\.csv", p.name.lower())
@@ -157,11 +157,12 @@ def _int_cell(v: Any) -> int | None:
     return int(float(str(v).strip()))
 
 
-def _read_split(path: Path, label_range: range) -> list[tuple[int, str, int | None]]:
-    """(row number, clip_id, 1-based label or None) per row of a `video_name,label` test-fold file.
+def _read_split(path: Path, label_range: range, test: bool = True) -> list[tuple[int, str, int | None]]:
+    """(row number, clip_id, 1-based label or None) per row of a `video_name,label` split file.
 
     A header is recognised by its names (video_name / label ...), not by "the first cell is not a
-    number", so non-numeric clip ids are kept. Bad labels, blank ids and an empty fold raise LayoutError."""
+    number", so non-numeric clip ids are kept. Bad labels, blank ids and an empty test fold raise
+    LayoutError."""
     rows = _read_table(path).rows
     out: list[tuple[int, str, int | None]] = []
     problems: list[str] = []
@@ -189,7 +190,7 @@ def _read_split(path: Path, label_range: range) -> list[tuple[int, str, int | No
                 continue
         out.append((rownum, normalise_id(cells[0]), label))
     _fail(str(path), problems, "Each row must be `video_name,label` with a 1-based DFEW label")
-    if not out:
+    if not out and test:
         raise LayoutError(f"{path}: no clips: this test fold would be empty. A test split file lists one "
                           "`video_name,label` row per clip (separated by ',', ';' or tab); restore the file")
     return out
@@ -275,6 +276,14 @@ def index_dfew(root: Path, cfg: IndexConfig) -> IndexResult:
             arow, alab = ann_label[cid]
             if alab is not None and alab != lab:
                 problems.append(f"clip {cid!r}: {ann_path.name} row {arow} says label {alab}, "
+                                f"{where} row {rownum} says {lab}")
+    # The train files are not needed (a fold's training set is every other part) but must not contradict either.
+    for path in sorted(_find_test_sets(root, "train")[0].values()):
+        where = f"{path.parent.name}/{path.name}"
+        for rownum, cid, lab in _read_split(path, range(1, 8), test=False):
+            alab = ann_label[cid][1] if cid in ann_label else None
+            if lab is not None and alab is not None and alab != lab:
+                problems.append(f"clip {cid!r}: {ann_path.name} row {ann_label[cid][0]} says label {alab}, "
                                 f"{where} row {rownum} says {lab}")
     if not_annotated:
         logger.warning("%d clips of the test split files have no row in %s and are skipped: %s%s",
@@ -428,7 +437,8 @@ def _annotation_labels(path: Path, rows: list[list[Any]], id_col: int, label_col
         if lab is not None and not 0 <= lab <= 7:
             problems.append(f"row {rownum} (clip {cid!r}): label {value!r}")
             continue
-        out.setdefault(cid, (rownum, lab))
+        # a duplicated id is rejected later with its rows; its labels are not compared with the split files
+        out[cid] = (out[cid][0], None) if cid in out else (rownum, lab)
     _fail(f"{path}: labels outside 0..7", problems,
           "DFEW labels are 1..7 (1happy..7fear) and 0 for a clip with no single label; fix these cells")
     return out
