@@ -431,6 +431,11 @@ def test_odd_clip_ids_verify_mix_read_and_stream(odd_build):
     assert sorted(c for c in train if c in written) == sorted(["a.b", "a\tb", "c.d e", "plain_5"])
     assert len(train) == 8  # 4 clips + 4 mixed samples
 
+    from pipeline.inspect import inspect_shards
+
+    inspect_shards(out, out.parent / "sheet.png")  # reads clips and a mixed sample's sources by clip id
+    assert (out.parent / "sheet.png").stat().st_size > 0
+
 
 def test_manifest_accepts_odd_clip_ids(tmp_path):
     (tmp_path / "v").mkdir()

@@ -411,7 +411,8 @@ def _check_formulas(path: Path, table: _Table, cols: list[int]) -> None:
     """Formula cells without a saved value would read as empty: say so, instead of "missing votes"."""
     cells = [name for (i, j), name in sorted(table.uncached.items()) if i > 0 and j in cols]
     if cells:
-        shown = ", ".join(cells[:_MAX_LISTED]) + (f" and {len(cells) - _MAX_LISTED} more" if len(cells) > 5 else "")
+        more = f" and {len(cells) - _MAX_LISTED} more" if len(cells) > _MAX_LISTED else ""
+        shown = ", ".join(cells[:_MAX_LISTED]) + more
         raise LayoutError(
             f"{path}: cell{'s' if len(cells) > 1 else ''} {shown} hold{'' if len(cells) > 1 else 's'} a formula with "
             "no saved value (the file was written by a program that does not compute formulas); open and save the "
