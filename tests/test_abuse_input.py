@@ -12,6 +12,7 @@ import io
 import json
 import math
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -342,21 +343,25 @@ def test_sample_key_is_safe_deterministic_and_collision_free():
 
 
 @pytest.fixture(scope="module")
-def odd_build(ray_session, tmp_path_factory):
-    """make-sample mp4s renamed to clip ids holding a space, a dot, a tab (and one plain id), built."""
+def odd_build(sample, ray_session, tmp_path_factory):
+    """make-sample mp4s copied under clip ids holding a space, a dot, a tab (and one plain id), built.
+
+    The session's make-sample set is reused (`sample` is set up before Ray) rather than rendered here:
+    rendering in this process starts OpenCV's thread pool, and a later forking make-sample then hangs."""
     from pipeline.build import build_shards
     from pipeline.config import BuildConfig
-    from pipeline.sample import make_sample
 
     root = tmp_path_factory.mktemp("odd") / "dfew"
-    make_sample(root, clips=6, seed=1, with_frames=False, workers=1)
     ids = {1: "a b", 2: "a.b", 3: "a\tb", 4: "c.d e", 5: "plain_5", 6: "00006"}
+    src = {n: f"{n:05d}" for n in range(1, 6)} | {6: sample.corrupt[0]}  # clip 6: make-sample's truncated mp4
+    (root / "Clip" / "original").mkdir(parents=True)
     for n, cid in ids.items():
-        (root / "Clip" / "original" / f"{n:05d}.mp4").rename(root / "Clip" / "original" / f"{cid}.mp4")
-    (root / "Annotation" / "annotation.xlsx").unlink()
+        shutil.copyfile(sample.root / "Clip" / "original" / f"{src[n]}.mp4", root / "Clip" / "original" / f"{cid}.mp4")
+    (root / "Annotation").mkdir()
     rows = [[cid, *_votes(n), n % 7 + 1] for n, cid in ids.items()]
     _xlsx(root / "Annotation" / "annotation.xlsx", [DFEW_HEADER, *rows])
     label_of = {r[0]: r[-1] for r in rows}
+    _test_set(root, 1).parent.mkdir(parents=True)
     for k in range(1, 6):
         with open(_test_set(root, k), "w", newline="") as f:
             csv.writer(f).writerows([["video_name", "label"], [ids[k], label_of[ids[k]]]])
@@ -375,7 +380,7 @@ def test_odd_clip_ids_build_and_keep_their_ids(odd_build):
     clips = {c["clip_id"]: c for c in pq.read_table(out / "clips.parquet").to_pylist()}
     assert set(clips) == set(ids.values())
     written = {cid for cid, c in clips.items() if c["status"] == "written"}
-    assert written == {"a b", "a.b", "a\tb", "c.d e", "plain_5"}  # 00006 is make-sample's truncated mp4
+    assert written == {"a b", "a.b", "a\tb", "c.d e", "plain_5"}  # 00006 is the truncated mp4
     assert {cid: clips[cid]["part"] for cid in written} == {"a b": 1, "a.b": 2, "a\tb": 3, "c.d e": 4, "plain_5": 5}
 
 
