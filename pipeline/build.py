@@ -26,6 +26,7 @@ from pipeline import __version__
 from pipeline.align import align_frames, get_detector
 from pipeline.cluster import init_ray, shutdown_ray
 from pipeline.config import AlignConfig, BuildConfig, DecodeConfig, config_to_dict
+from pipeline.datasets.records import sample_key
 from pipeline.decode import decode_clip
 from pipeline.errors import ClipRejected
 from pipeline.faults import fault_point
@@ -104,7 +105,7 @@ def write_shard(out: str, shard: dict[str, Any], clips: list[dict], results: lis
         if res["status"] != "written":
             continue
         meta = {"clip_id": clip["clip_id"], "label": clip["label"], "part": clip["part"], "votes": clip["votes"]}
-        samples.append(encode_sample(clip["clip_id"], next(it), np.asarray(clip["soft"], np.float32), meta))
+        samples.append(encode_sample(sample_key(clip["clip_id"]), next(it), np.asarray(clip["soft"], np.float32), meta))
     entries = write_shard_files(Path(out), shard["name"], shard["part"], samples, formats)
     state = {"shard": shard["name"], "part": shard["part"], "entries": entries,
              "results": [dict(r, shard=shard["name"]) for r in results]}

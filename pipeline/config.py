@@ -55,6 +55,21 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> None:
         raise ConfigError(f"{name}={value!r} is out of range; expected {lo} <= {name} <= {hi}")
 
 
+ALPHA_RANGE = (1e-3, 1e3)
+
+
+def _check_alpha(name: str, value: float) -> None:
+    """Beta(alpha, alpha) is only useful for finite alpha in ALPHA_RANGE: below it lam is 0 or 1 to within
+    rounding (no mixing), above it every lam is ~0.5, at 1e308 numpy returns 0 for every draw and inf or NaN
+    put NaN into plans and batches."""
+    lo, hi = ALPHA_RANGE
+    if not lo <= value <= hi:  # also catches NaN (every comparison is False) and +-inf
+        raise ConfigError(
+            f"{name}={value!r} is not allowed; alpha must be a finite number with {lo:g} <= alpha <= {hi:g} "
+            f"(lam ~ Beta(alpha, alpha); the MIDAS paper uses 0.8)"
+        )
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     dataset: str = "auto"  # dfew | manifest | auto (a directory is DFEW, a .csv/.parquet file a manifest)
@@ -143,8 +158,7 @@ class MixConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if not self.alpha > 0:
-            raise ConfigError(f"mix.alpha={self.alpha!r} must be > 0 (lam ~ Beta(alpha, alpha))")
+        _check_alpha("mix.alpha", self.alpha)
         _check_range("mix.copies", self.copies, 1, 10_000)
         _check_range("mix.fold", self.fold, 0, 5)
         _check_choice("mix.format", self.format, ("webdataset", "parquet", "both"))
@@ -195,8 +209,7 @@ class StreamConfig:
         if self.split == "val" and not self.val_fraction:
             raise ConfigError("stream.split='val' needs stream.val_fraction > 0")
         _check_range("stream.batch_size", self.batch_size, 1, 1 << 16)
-        if not self.alpha > 0:
-            raise ConfigError(f"stream.alpha={self.alpha!r} must be > 0")
+        _check_alpha("stream.alpha", self.alpha)
         _check_range("stream.mix_prob", self.mix_prob, 0.0, 1.0)
         _check_choice("stream.device", self.device, ("auto", "cpu", "gpu"))
         _check_range("stream.num_shards", self.num_shards, 1, 1 << 20)
@@ -260,6 +273,7 @@ class TrainConfig:
         _check_range("train.accum_steps", self.accum_steps, 1, 1 << 16)
         if not self.lr > 0:
             raise ConfigError(f"train.lr={self.lr!r} must be > 0")
+        _check_alpha("train.alpha", self.alpha)
         _check_choice("train.loss", self.loss, ("soft", "hard"))
         _check_choice("train.model", self.model, ("resnet18_transformer", "r2plus1d"))
         _check_range("train.width", self.width, 4, 1024)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.datasets.records import sample_key
 from pipeline.read import SampleReader, open_index
 from pipeline.write import CLIPS_NAME, REJECTS_NAME
 
@@ -84,7 +85,7 @@ def inspect_shards(shards: str | Path, png: str | Path, clips: int = 6, seed: in
 
     r = 0
     for cid in picks:
-        frames, soft, meta = reader.read(cid)
+        frames, soft, meta = reader.read(sample_key(cid))
         label = classes[meta["label"]] if meta.get("label", -1) >= 0 else "no single label"
         show(r, frames, soft, f"{cid}  part {meta['part']}  {label}  votes {meta.get('votes')}")
         r += 1
@@ -94,7 +95,7 @@ def inspect_shards(shards: str | Path, png: str | Path, clips: int = 6, seed: in
         show(r, frames, soft, f"mixed {key}  fold {meta['fold']}  lam {meta['lam']:.3f}")
         for src, w in ((a, wa), (b, wb)):
             r += 1
-            f2, s2, _ = reader.read(src)
+            f2, s2, _ = reader.read(sample_key(src))
             show(r, f2, s2, f"  source {src}  weight {w:.3f}")
         r += 1
     fig.tight_layout()

@@ -26,6 +26,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.cluster import init_ray, shutdown_ray
 from pipeline.config import MixConfig, RayConfig, config_to_dict
+from pipeline.datasets.records import mixed_key, sample_key
 from pipeline.faults import fault_point
 from pipeline.lock import OutputLocked, hold_output
 from pipeline.read import SampleReader, ShardError, check_files, open_index
@@ -130,11 +131,11 @@ def write_mixed_shard(shards: str, out: str, index: dict[str, Any], shard: dict[
     samples = []
     try:
         for p in shard["pairs"]:
-            xa, ya, ma = reader.read(p["i"])
-            xb, yb, mb = reader.read(p["j"])
+            xa, ya, ma = reader.read(sample_key(p["i"]))
+            xb, yb, mb = reader.read(sample_key(p["j"]))
             lam = p["lam"]
             soft = mix_soft(ya, yb, lam)
-            key = f"{p['i']}_{p['j']}_c{p['copy']}"
+            key = mixed_key(p["i"], p["j"], p["copy"])
             meta = {"clip_id": key, "label": -1, "part": 0, "votes": None, "fold": shard["fold"],
                     "copy": p["copy"], "seed": seed, "lam": lam,
                     "sources": [{"clip_id": ma["clip_id"], "part": ma["part"], "weight": lam},

@@ -90,15 +90,15 @@ def test_dfew_variants_index_the_same(tmp_path, variant):
 
 
 def test_source_auto_prefers_videos_and_frames_fill_gaps(tmp_path):
-    root = make_tree(tmp_path / "dfew", good_rows(4), FOLDS, videos=[1, 2], frames=[1, 2, 3, 4])
+    root = make_tree(tmp_path / "dfew", good_rows(5), FOLDS, videos=[1, 2], frames=[1, 2, 3, 4, 5])
     res = index_dataset(root, IndexConfig())
     kinds = {c["clip_id"]: c["source_kind"] for c in res.clips}
-    assert kinds == {"00001": "video", "00002": "video", "00003": "frames", "00004": "frames"}
+    assert kinds == {"00001": "video", "00002": "video", "00003": "frames", "00004": "frames", "00005": "frames"}
     res = index_dataset(root, IndexConfig(source="frames"))
     assert {c["source_kind"] for c in res.clips} == {"frames"}
     res = index_dataset(root, IndexConfig(source="videos"))
     assert [c["clip_id"] for c in res.clips] == ["00001", "00002"]
-    assert sorted(r["clip_id"] for r in res.rejects) == ["00003", "00004"]
+    assert sorted(r["clip_id"] for r in res.rejects) == ["00003", "00004", "00005"]
     assert all("no file" in r["error"] for r in res.rejects)
 
 

@@ -6,19 +6,22 @@ A CSV or Parquet file with one row per clip:
     <class> x C          one column per class of `index.classes` (votes or probabilities)
     clip_id (optional)   defaults to the path's stem
     part | fold (opt.)   test fold 1..5 the clip belongs to (0 or empty = none)
-    label (optional)     0-based class index or class name; default: the unique argmax, else -1
+    label (optional)     0-based class index or class name; default: the unique argmax, else -1;
+                         any other value rejects the row
+
+CSV cells may be separated by ',', ';' or tab. Clip ids may hold any character (spaces, dots,
+tabs): shards key samples by `records.sample_key(clip_id)`.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import IndexConfig
-from pipeline.datasets.dfew import FRAME_EXTENSIONS, VIDEO_EXTENSIONS
+from pipeline.datasets.dfew import FRAME_EXTENSIONS, VIDEO_EXTENSIONS, read_csv
 from pipeline.datasets.records import IndexResult, check_votes, make_clip, make_reject
 from pipeline.errors import LayoutError
 
@@ -34,8 +37,11 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
         return pq.read_table(path).to_pylist()
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            return list(csv.DictReader(f))
+        rows = [r for r in read_csv(path) if any(c.strip() for c in r)]  # ',', ';' or tab separated
+        if not rows:
+            return []
+        header = [h.strip() for h in rows[0]]
+        return [dict(zip(header, r + [""] * (len(header) - len(r)), strict=False)) for r in rows[1:]]
     raise LayoutError(f"manifest {path} must be a .csv or .parquet file")
 
 
@@ -80,11 +86,6 @@ def index_manifest(path: Path, cfg: IndexConfig) -> IndexResult:
         if ids.get(cid, 0) > 1:
             result.rejects.append(make_reject(cid, rel, "index", f"{where}: duplicate clip id {cid!r}"))
             continue
-        if re.search(r"[./\\\s]", cid):
-            result.rejects.append(
-                make_reject(cid, rel, "index", f"{where}: clip id {cid!r} has a dot, slash or space")
-            )
-            continue
         try:
             votes, soft = check_votes([row.get(c) for c in cfg.classes], len(cfg.classes))
             part = _int_or_none(row.get(part_col)) if part_col else None
@@ -103,7 +104,11 @@ def index_manifest(path: Path, cfg: IndexConfig) -> IndexResult:
         else:
             result.rejects.append(make_reject(cid, rel, "index", f"{where}: no video file or frame folder at {rel}"))
             continue
-        label = _label(row.get("label"), soft, cfg.classes)
+        try:
+            label = _label(row.get("label"), soft, cfg.classes)
+        except ValueError as e:
+            result.rejects.append(make_reject(cid, rel, "index", f"{where}: {e}"))
+            continue
         # Sources are stored relative to the manifest's directory (the dataset root).
         result.clips.append(make_clip(cid, rel, kind, votes, soft, label, part))
     return result
@@ -114,7 +119,9 @@ def _label(value: Any, soft: list[float], classes: tuple[str, ...]) -> int:
         s = str(value).strip()
         if s in classes:
             return classes.index(s)
-        if re.fullmatch(r"-?\d+", s) and -1 <= int(s) < len(classes):
-            return int(s)
+        if re.fullmatch(r"-?\d+(\.0*)?", s) and -1 <= int(float(s)) < len(classes):
+            return int(float(s))
+        raise ValueError(f"label {value!r} is neither a class index -1..{len(classes) - 1} nor a class name "
+                         f"({', '.join(classes)})")
     top = max(soft)
     return soft.index(top) if soft.count(top) == 1 else -1

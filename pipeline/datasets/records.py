@@ -8,7 +8,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["IndexResult", "make_clip", "make_reject", "check_votes", "normalise_id", "natural_key"]
+__all__ = [
+    "IndexResult", "make_clip", "make_reject", "check_votes", "normalise_id", "natural_key", "sample_key", "mixed_key",
+]
+
+_KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 @dataclass
@@ -26,6 +30,28 @@ def normalise_id(name: str) -> str:
     if re.fullmatch(r"\d+(\.0+)?", stem):  # spreadsheets turn 00001 into 1 or 1.0
         return f"{int(float(stem)):05d}"
     return stem
+
+
+def sample_key(clip_id: str) -> str:
+    """The WebDataset/Parquet sample key of a clip: clip_id with every byte outside [A-Za-z0-9_-]
+    percent-encoded (UTF-8), e.g. "a b.c" -> "a%20b%2Ec".
+
+    Why: a tar member is `<key>.<ext>` and readers (DALI, webdataset, verify) cut the key at the
+    first dot, and DALI's .idx is whitespace-separated, so a dot, space or tab in a key breaks
+    them. The encoding is deterministic and injective ('%' itself is encoded), so two clip ids
+    never share a key; ids of letters, digits, '-' and '_' (all of DFEW) keep their key. The
+    sample's json keeps the original clip_id.
+    """
+    if not clip_id:
+        raise ValueError("empty clip id")
+    return "".join(c if c in _KEY_SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in clip_id)
+
+
+def mixed_key(clip_a: str, clip_b: str, copy: int) -> str:
+    """Key of a mix-offline sample: `<a>_<b>_c<copy>` of the two sample keys, with '_' inside them
+    encoded (%5F) so that the three parts cannot run into each other (a_b + c vs a + b_c)."""
+    a, b = (sample_key(c).replace("_", "%5F") for c in (clip_a, clip_b))
+    return f"{a}_{b}_c{copy}"
 
 
 def natural_key(name: str) -> tuple[int, str]:
