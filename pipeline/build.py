@@ -33,10 +33,11 @@ from pipeline.index import index_dataset
 from pipeline.remote import delete_all, is_remote, local_dir, pull, push, remote_sizes
 from pipeline.write import (
     CLIPS_NAME,
-    FORMAT_DIRS,
     FORMAT_VERSION,
     INDEX_NAME,
+    MIXED_DIR,
     REJECTS_NAME,
+    SHARD_DIRS,
     STATE_DIR,
     atomic_write,
     encode_sample,
@@ -91,11 +92,11 @@ def process_clip(root: str, clip: dict[str, Any], dcfg: DecodeConfig, acfg: Alig
 
 
 def write_shard(out: str, shard: dict[str, Any], clips: list[dict], results: list[dict],
-                formats: tuple[str, ...], remote: str, *frames: Any) -> dict[str, Any]:
+                formats: tuple[str, ...], remote: str, parquet: dict[str, Any], *frames: Any) -> dict[str, Any]:
     """Write one planned shard's files and its done-file; returns the done-file's content.
 
     With a `remote` output the files are then uploaded (data, then the done-file) and the
-    local copies of the data dropped."""
+    local copies of the data dropped. `parquet` = {"classes", "frames_compression"} of the Parquet files."""
     samples = []
     it = iter(frames)
     for clip, res in zip(clips, results, strict=True):
@@ -103,7 +104,7 @@ def write_shard(out: str, shard: dict[str, Any], clips: list[dict], results: lis
             continue
         meta = {"clip_id": clip["clip_id"], "label": clip["label"], "part": clip["part"], "votes": clip["votes"]}
         samples.append(encode_sample(clip["clip_id"], next(it), np.asarray(clip["soft"], np.float32), meta))
-    entries = write_shard_files(Path(out), shard["name"], shard["part"], samples, formats)
+    entries = write_shard_files(Path(out), shard["name"], shard["part"], samples, formats, **parquet)
     state = {"shard": shard["name"], "part": shard["part"], "entries": entries,
              "results": [dict(r, shard=shard["name"]) for r in results]}
     atomic_write(Path(out) / STATE_DIR / f"{shard['name']}.json", json.dumps(state, sort_keys=True).encode())
@@ -129,7 +130,7 @@ def _prepare_out(out: Path, cfg: BuildConfig) -> None:
     except OSError as e:
         raise BuildError(f"output directory {out} is not writable: {e}") from e
     if cfg.write.overwrite:  # mixed/ was made from the old shards: it goes too
-        for name in (*FORMAT_DIRS.values(), STATE_DIR, "mixed"):
+        for name in (*SHARD_DIRS, STATE_DIR, MIXED_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
         for name in (INDEX_NAME, CLIPS_NAME, REJECTS_NAME):
             (out / name).unlink(missing_ok=True)
@@ -141,9 +142,13 @@ def _prepare_out(out: Path, cfg: BuildConfig) -> None:
 def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]]) -> None:
     """The plan on disk must match this run's, or resuming would mix two builds."""
     path = out / STATE_DIR / "plan.json"
-    doc = {"config": cfg.output_config(), "shards": plan}
+    doc = {"config": cfg.output_config(), "shards": plan, "format_version": FORMAT_VERSION}
     if path.is_file():
         old = json.loads(path.read_text())
+        if old.get("format_version", 1) != FORMAT_VERSION:
+            raise BuildError(f"{out} holds a build of format version {old.get('format_version', 1)}; this "
+                             f"midas-prep writes version {FORMAT_VERSION} (the shard layout changed): "
+                             "pass --overwrite to rebuild it or choose another --out")
         if old["config"] != doc["config"]:
             diffs = _diff(old["config"], doc["config"])
             raise BuildError(
@@ -210,6 +215,9 @@ def plan_build(cfg: BuildConfig) -> dict[str, Any]:
     plan_file = out / STATE_DIR / "plan.json"
     if not cfg.write.overwrite and plan_file.is_file():
         old = json.loads(plan_file.read_text())
+        if old.get("format_version", 1) != FORMAT_VERSION:
+            raise BuildError(f"{out} holds a build of format version {old.get('format_version', 1)}; this "
+                             f"midas-prep writes version {FORMAT_VERSION}: pass --overwrite")
         if old["config"] != cfg.output_config() or old["shards"] != plan:
             raise BuildError(f"{out} holds a build with another config or clip list; pass --overwrite")
         done = _load_done(out, plan)
@@ -349,7 +357,9 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
                     results = [got[name][c][0] for c in shard["clip_ids"]]
                     frames = [got[name][c][1] for c in shard["clip_ids"] if got[name][c][1] is not None]
                     clips = [clips_by_id[c] for c in shard["clip_ids"]]
-                    writes[writer.remote(out_s, shard, clips, results, cfg.write.formats, remote, *frames)] = name
+                    parquet = {"classes": tuple(cfg.index.classes), "frames_compression": cfg.write.frames_compression}
+                    writes[writer.remote(out_s, shard, clips, results, cfg.write.formats, remote, parquet,
+                                         *frames)] = name
                     del got[name]
             summary.processed = done
     except ray.exceptions.RayTaskError as e:

@@ -105,9 +105,11 @@ class WriteConfig:
     format: str = "both"  # webdataset | parquet | both
     shard_size_mb: float = 256.0  # target shard size; shard boundaries follow from the plan, not timing
     overwrite: bool = False  # rebuild from scratch instead of resuming
+    frames_compression: str = "none"  # Parquet codec of the frames column: none | zstd | lz4 | snappy
 
     def __post_init__(self) -> None:
         _check_choice("write.format", self.format, ("webdataset", "parquet", "both"))
+        _check_choice("write.frames_compression", self.frames_compression, ("none", "zstd", "lz4", "snappy"))
         _check_range("write.shard_size_mb", self.shard_size_mb, 0.001, 1e6)
 
     @property
@@ -136,8 +138,10 @@ class MixConfig:
     format: str = "both"  # webdataset | parquet | both
     shard_size_mb: float = 256.0
     overwrite: bool = False
+    frames_compression: str = "none"  # Parquet codec of the frames column: none | zstd | lz4 | snappy
 
     def __post_init__(self) -> None:
+        _check_choice("mix.frames_compression", self.frames_compression, ("none", "zstd", "lz4", "snappy"))
         if not self.alpha > 0:
             raise ConfigError(f"mix.alpha={self.alpha!r} must be > 0 (lam ~ Beta(alpha, alpha))")
         _check_range("mix.copies", self.copies, 1, 10_000)

@@ -10,18 +10,24 @@ with the config stored in index.json, which rebuilds exactly those shards (resum
 
 from __future__ import annotations
 
-import json
 import logging
 import tarfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline.read import ShardError, check_files, decode_members, decode_parquet_row, parse_idx
+from pipeline.read import (
+    MEMBERS,
+    ShardError,
+    check_files,
+    decode_members,
+    decode_parquet_row,
+    load_idx,
+    load_index,
+    sample_spec,
+)
 from pipeline.remote import is_remote, local_dir, pull, remote_sizes
-from pipeline.write import FORMAT_DIRS, INDEX_NAME, STATE_DIR, entry_files, read_index
+from pipeline.write import INDEX_NAME, MIXED_DIR, STATE_DIR, entry_files, mixed_indexes
 
 __all__ = ["Problem", "VerifyReport", "verify_shards", "repair_shards"]
 
@@ -54,19 +60,7 @@ class VerifyReport:
 
 def _indexes(shards: Path) -> list[Path]:
     found = [shards / INDEX_NAME] if (shards / INDEX_NAME).is_file() else []
-    found += sorted((shards / "mixed").glob(f"fold*/{INDEX_NAME}"))
-    return found
-
-
-def _check_sample(frames: np.ndarray, soft: np.ndarray, expect: dict[str, Any], num_classes: int) -> str:
-    t, s = expect["num_frames"], expect["frame_size"]
-    if frames.dtype != np.uint8 or frames.shape != (t, s, s, 3):
-        return f"frames are {frames.dtype} {frames.shape}, expected uint8 {(t, s, s, 3)}"
-    if soft.dtype != np.float32 or soft.shape != (num_classes,):
-        return f"soft is {soft.dtype} {soft.shape}, expected float32 ({num_classes},)"
-    if not np.isfinite(soft).all() or abs(float(soft.sum()) - 1.0) > 1e-4 or (soft < 0).any():
-        return f"soft label {soft.tolist()} does not sum to 1"
-    return ""
+    return found + mixed_indexes(shards)
 
 
 def _reason(e: ShardError) -> str:
@@ -74,8 +68,7 @@ def _reason(e: ShardError) -> str:
     return str(e).split(": ", 1)[-1].replace("; run `midas-prep verify`", "")
 
 
-def _verify_tar(path: Path, entry: dict[str, Any], root: Path, expect: dict, ncls: int,
-                report: VerifyReport) -> None:
+def _verify_tar(path: Path, entry: dict[str, Any], root: Path, spec: dict, report: VerifyReport) -> None:
     where = dict(path=str(path), shard=entry.get("shard", ""))
     members: dict[str, dict[str, tuple[int, int]]] = {}
     data: dict[tuple[str, str], bytes] = {}
@@ -96,28 +89,28 @@ def _verify_tar(path: Path, entry: dict[str, Any], root: Path, expect: dict, ncl
         report.problems.append(Problem(message=f"{len(members)} samples, index.json says {entry['samples']}",
                                        **where))
     if "idx" in entry and (root / entry["idx"]["path"]).is_file():
-        idx = dict(parse_idx((root / entry["idx"]["path"]).read_text()))
-        if idx != members:
-            report.problems.append(Problem(message=f"{entry['idx']['path']} does not match the tar's members",
-                                           **where))
+        try:
+            idx = dict(load_idx(root / entry["idx"]["path"], root))
+        except ShardError as e:
+            report.problems.append(Problem(message=str(e).split("; run ")[0], **where))
+        else:
+            if idx != members:
+                report.problems.append(Problem(message=f"{entry['idx']['path']} does not match the tar's members",
+                                               **where))
     for key, exts in members.items():
-        missing = {"frames.npy", "soft.npy", "json"} - set(exts)
+        missing = set(MEMBERS) - set(exts)
         if missing:
             report.problems.append(Problem(message=f"missing members {sorted(missing)}", sample=key, **where))
             continue
         report.samples += 1
         try:
-            frames, soft, _ = decode_members(data[(key, "frames.npy")], data[(key, "soft.npy")],
-                                             data[(key, "json")], f"{path} sample {key}")
+            decode_members(data[(key, "frames.npy")], data[(key, "soft.npy")], data[(key, "json")],
+                           f"{path} sample {key}", spec)
         except ShardError as e:
             report.problems.append(Problem(message=_reason(e), sample=key, **where))
-            continue
-        msg = _check_sample(frames, soft, expect, ncls)
-        if msg:
-            report.problems.append(Problem(message=msg, sample=key, **where))
 
 
-def _verify_parquet(path: Path, entry: dict[str, Any], expect: dict, ncls: int, report: VerifyReport) -> None:
+def _verify_parquet(path: Path, entry: dict[str, Any], spec: dict, report: VerifyReport) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -139,24 +132,21 @@ def _verify_parquet(path: Path, entry: dict[str, Any], expect: dict, ncls: int, 
         for row in table.to_pylist():
             report.samples += 1
             try:
-                frames, soft, _ = decode_parquet_row(row, f"{path} sample {row['key']}")
+                decode_parquet_row(row, f"{path} sample {row['key']}", spec)
             except ShardError as e:
                 report.problems.append(Problem(message=_reason(e), sample=row["key"], **where))
-                continue
-            msg = _check_sample(frames, soft, expect, ncls)
-            if msg:
-                report.problems.append(Problem(message=msg, sample=row["key"], **where))
 
 
 def _pull_remote(uri: str) -> Path:
     """Fetch a remote shards tree (every index and every file they list) into the cache."""
     local = local_dir(uri)
     sizes = remote_sizes(uri)
-    indexes = [k for k in sizes if k == INDEX_NAME or (k.startswith("mixed/fold") and k.endswith("/" + INDEX_NAME))]
+    indexes = [k for k in sizes
+               if k == INDEX_NAME or (k.startswith(f"{MIXED_DIR}/fold=") and k.endswith("/" + INDEX_NAME))]
     pull(uri, local, indexes, sizes)
     for rel in indexes:
         base = rel[: -len(INDEX_NAME)]
-        doc = json.loads((local / rel).read_text())
+        doc = load_index(local / base) or {"shards": []}
         pull(uri, local, [base + f for f, _ in entry_files(doc["shards"])], sizes)
     return local
 
@@ -181,12 +171,19 @@ def verify_shards(shards: str | Path) -> VerifyReport:
         raise ShardError(f"{shards / INDEX_NAME} not found: nothing to verify")
     for ipath in paths:
         root = ipath.parent
-        index = json.loads(ipath.read_text())
         report.indexes.append(str(ipath))
+        try:
+            index = load_index(root)
+            assert index is not None
+            spec = sample_spec(index)
+        except (ShardError, KeyError, TypeError, ValueError) as e:  # not JSON, another version, no sample section
+            msg = str(e) if isinstance(e, ShardError) else f"index.json lacks the sample section ({e})"
+            report.problems.append(Problem(path=str(ipath), message=msg.removeprefix(str(ipath)).lstrip(": "),
+                                           index=str(ipath)))
+            continue
         if not index.get("complete"):
             report.problems.append(Problem(path=str(ipath), message="unfinished build (complete=false)",
                                            index=str(ipath)))
-        expect, ncls = index["sample"], len(index["classes"])
         for entry in index["shards"]:
             report.files += 1
             before = len(report.problems)
@@ -196,9 +193,9 @@ def verify_shards(shards: str | Path) -> VerifyReport:
             path = root / entry["path"]
             if path.is_file():
                 if entry["format"] == "webdataset":
-                    _verify_tar(path, entry, root, expect, ncls, report)
+                    _verify_tar(path, entry, root, spec, report)
                 else:
-                    _verify_parquet(path, entry, expect, ncls, report)
+                    _verify_parquet(path, entry, spec, report)
             report.problems[before:] = [Problem(p.path, p.message, p.sample, p.shard or entry.get("shard", ""),
                                                 str(ipath)) for p in report.problems[before:]]
     return report
@@ -225,12 +222,12 @@ def repair_shards(shards: str | Path, report: VerifyReport) -> list[str]:
     for ipath_s, names in sorted(damaged.items()):
         ipath = Path(ipath_s)
         root = ipath.parent
-        index = read_index(root)
+        index = load_index(root)
         assert index is not None, f"{ipath} vanished during repair"
         for name in sorted(names):
-            for fmt_dir in FORMAT_DIRS.values():
-                for f in (root / fmt_dir).glob(f"{name}.*"):
-                    f.unlink()
+            # exactly the files index.json lists for the shard (the tar, its .idx, the Parquet twin)
+            for rel, _ in entry_files([e for e in index["shards"] if e.get("shard") == name]):
+                (root / rel).unlink(missing_ok=True)
             (root / STATE_DIR / f"{name}.json").unlink(missing_ok=True)
             rebuilt.append(f"{root.relative_to(shards).as_posix() + '/' if root != shards else ''}{name}")
         conf = {k: v for k, v in index["config"].items() if v is not None}
