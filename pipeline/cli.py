@@ -73,7 +73,7 @@ def main() -> None:
 @click.option("--format", "fmt", type=click.Choice(["webdataset", "parquet", "both"]), help="Shard format.")
 @click.option("--shard-size-mb", type=float, help="Target shard size in MB (default 256).")
 @click.option("--frames-compression", type=click.Choice(["none", "zstd", "lz4", "snappy"]),
-              help="Parquet codec of the frames column (default none).")
+              help="Parquet codec of the frames column (default zstd).")
 @click.option("--workers", type=int, help="Clips processed at once (default: all cores).")
 @click.option("--ray-address", help="Join this Ray cluster (default: RAY_ADDRESS, else local Ray).")
 @click.option("--limit", type=int, help="Only the first N clips (quick trials).")

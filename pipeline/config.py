@@ -105,7 +105,7 @@ class WriteConfig:
     format: str = "both"  # webdataset | parquet | both
     shard_size_mb: float = 256.0  # target shard size; shard boundaries follow from the plan, not timing
     overwrite: bool = False  # rebuild from scratch instead of resuming
-    frames_compression: str = "none"  # Parquet codec of the frames column: none | zstd | lz4 | snappy
+    frames_compression: str = "zstd"  # Parquet codec of frames: zstd | lz4 | snappy | none (zstd: -9.6%, +0.3 ms/clip)
 
     def __post_init__(self) -> None:
         _check_choice("write.format", self.format, ("webdataset", "parquet", "both"))
@@ -138,7 +138,7 @@ class MixConfig:
     format: str = "both"  # webdataset | parquet | both
     shard_size_mb: float = 256.0
     overwrite: bool = False
-    frames_compression: str = "none"  # Parquet codec of the frames column: none | zstd | lz4 | snappy
+    frames_compression: str = "zstd"  # Parquet codec of frames: zstd | lz4 | snappy | none (zstd: -9.6%, +0.3 ms/clip)
 
     def __post_init__(self) -> None:
         _check_choice("mix.frames_compression", self.frames_compression, ("none", "zstd", "lz4", "snappy"))

@@ -122,7 +122,7 @@ def plan_mix(clips: list[dict[str, Any]], cfg: MixConfig, per_shard: int) -> dic
 
 def write_mixed_shard(shards: str, out: str, index: dict[str, Any], shard: dict[str, Any], seed: int,
                       formats: tuple[str, ...], src_remote: str = "", out_remote: str = "",
-                      frames_compression: str = "none") -> dict[str, Any]:
+                      frames_compression: str = "zstd") -> dict[str, Any]:
     """Mix one planned shard's pairs from the source shards and write it; returns its done-file.
 
     With remote sources this node first pulls them into its cache (once: sizes are checked);

@@ -240,7 +240,7 @@ _SMALL_COLUMNS = ("key", "clip_id", "label", "votes.list.element", "soft.list.el
 
 
 def write_parquet(fileobj: Any, samples: list[dict[str, Any]], classes: tuple[str, ...] = (),
-                  frames_compression: str = "none") -> None:
+                  frames_compression: str = "zstd") -> None:
     """One Parquet file, one row group per sample: the loader reads a sample by its row group."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -316,7 +316,7 @@ def atomic_write(path: Path, data: bytes, point: str = "") -> None:
 
 def write_shard_files(
     out: Path, shard: str, part: int, samples: list[dict[str, Any]], formats: tuple[str, ...],
-    classes: tuple[str, ...] = (), frames_compression: str = "none",
+    classes: tuple[str, ...] = (), frames_compression: str = "zstd",
 ) -> list[dict[str, Any]]:
     """Write one planned shard in every format; returns its index.json entries.
 
