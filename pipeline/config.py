@@ -163,7 +163,7 @@ class StreamConfig:
     mix: bool = True  # MIDAS pairs inside each training batch (never in evaluation)
     alpha: float = 0.8  # lam ~ Beta(alpha, alpha)
     mix_prob: float = 1.0  # probability that a sample is mixed (else lam = 1)
-    offline_mixed: bool = False  # also train on <shards>/mixed/fold{K} (mix-offline output)
+    offline_mixed: bool = False  # also train on <shards>/mixed/fold=K (mix-offline output)
     include_unassigned: bool = False  # also train on part 0 (clips in no fold)
     augment: bool = True  # random resized crop, flip, brightness/contrast (same draw for every frame of a clip)
     crop_area: tuple[float, float] = (0.7, 1.0)  # random resized crop: fraction of the frame area kept
@@ -219,7 +219,7 @@ class TrainConfig:
     mix: bool = True  # MIDAS pairs in the loader (on the device)
     alpha: float = 0.8
     mix_prob: float = 1.0
-    offline_mixed: bool = False  # add <shards>/mixed/fold{K} to the training data
+    offline_mixed: bool = False  # add <shards>/mixed/fold=K to the training data
     include_unassigned: bool = False  # add part 0 (clips in no fold) to the training data
     model: str = "resnet18_transformer"  # resnet18_transformer | r2plus1d
     width: int = 64  # channels of the first stage (64 = ResNet-18); small values for tests

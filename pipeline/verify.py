@@ -152,7 +152,7 @@ def _pull_remote(uri: str) -> Path:
 
 
 def verify_shards(shards: str | Path) -> VerifyReport:
-    """Check every shard of `shards` (and of shards/mixed/fold*) against its index.json.
+    """Check every shard of `shards` (and of shards/mixed/fold=*) against its index.json.
 
     A remote `shards` (s3://, gs://) is pulled into the local cache first; problems name the URI."""
     if is_remote(shards):

@@ -268,3 +268,29 @@ def test_shard_source_checks_shapes_by_default_spec(copy):
     with pytest.raises(ShardError, match=r"frames are uint8 \(16, 112, 112, 3\), index.json says uint8 \(8, 112"):
         src.read(0)
     assert npy_bytes(np.zeros(1, np.uint8))  # npy_bytes stays the writer's encoder
+
+
+def test_an_old_build_is_refused_by_build_shards_without_overwrite(copy, built, sample):
+    """A folder built by format version 1 (no version in its plan) is not resumed into a mixed layout."""
+    from conftest import build_config
+
+    from pipeline.build import BuildError, build_shards
+
+    plan = json.loads((copy / "_state/plan.json").read_text())
+    del plan["format_version"]
+    (copy / "_state/plan.json").write_text(json.dumps(plan))
+    cfg = build_config(sample.root, copy, **{"ray.workers": 2, "write.shard_size_mb": 2.0})
+    with pytest.raises(BuildError, match=r"format version 1; this midas-prep writes version 2.*--overwrite"):
+        build_shards(cfg)
+
+
+def test_frames_compression_is_a_checked_config_field():
+    from pipeline.config import BuildConfig, ConfigError, load_config
+
+    assert load_config(BuildConfig, None, {"dataset_root": "x"}).write.frames_compression == "zstd"
+    assert load_config(BuildConfig, None, {"dataset_root": "x", "write.frames_compression": "lz4"}
+                       ).write.frames_compression == "lz4"
+    with pytest.raises(ConfigError, match="write.frames_compression"):
+        load_config(BuildConfig, None, {"dataset_root": "x", "write.frames_compression": "brotli"})
+    with pytest.raises(ConfigError, match="mix.frames_compression"):
+        MixConfig(frames_compression="gzip")
