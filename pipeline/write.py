@@ -84,7 +84,7 @@ SHARD_DIRS = (FORMAT_DIRS["webdataset"], IDX_DIR, FORMAT_DIRS["parquet"])  # eve
 FRAMES_COMPRESSIONS = ("none", "zstd", "lz4", "snappy")  # Parquet codecs for the frames column
 _TMP = ".tmp"
 _TAR_MTIME = 0  # fixed, so the same samples give the same tar bytes
-_SHARD = re.compile(r"^(part|copy)(\d+)-(\d{6})$")  # part{P}-{NNNNNN} (build), copy{C}-{NNNNNN} (mix)
+_SHARD = re.compile(r"^(part|copy)(\d+)-(\d{6,})$")  # part{P}-{NNNNNN} (build), copy{C}-{NNNNNN} (mix)
 
 
 def shard_name(part: int, index: int) -> str:
