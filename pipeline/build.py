@@ -94,11 +94,11 @@ def process_clip(root: str, clip: dict[str, Any], dcfg: DecodeConfig, acfg: Alig
 
 
 def write_shard(out: str, shard: dict[str, Any], clips: list[dict], results: list[dict],
-                formats: tuple[str, ...], remote: str, *frames: Any) -> dict[str, Any]:
+                formats: tuple[str, ...], remote: str, parquet: dict[str, Any], *frames: Any) -> dict[str, Any]:
     """Write one planned shard's files and its done-file; returns the done-file's content.
 
     With a `remote` output the files are then uploaded (data, then the done-file) and the
-    local copies of the data dropped."""
+    local copies of the data dropped. `parquet` = {"classes", "frames_compression"} of the Parquet files."""
     samples = []
     it = iter(frames)
     for clip, res in zip(clips, results, strict=True):
@@ -106,7 +106,7 @@ def write_shard(out: str, shard: dict[str, Any], clips: list[dict], results: lis
             continue
         meta = {"clip_id": clip["clip_id"], "label": clip["label"], "part": clip["part"], "votes": clip["votes"]}
         samples.append(encode_sample(sample_key(clip["clip_id"]), next(it), np.asarray(clip["soft"], np.float32), meta))
-    entries = write_shard_files(Path(out), shard["name"], shard["part"], samples, formats)
+    entries = write_shard_files(Path(out), shard["name"], shard["part"], samples, formats, **parquet)
     state = {"shard": shard["name"], "part": shard["part"], "entries": entries,
              "results": [dict(r, shard=shard["name"]) for r in results]}
     atomic_write(Path(out) / STATE_DIR / f"{shard['name']}.json", json.dumps(state, sort_keys=True).encode())
@@ -193,7 +193,7 @@ def _plan_config(cfg: BuildConfig) -> dict[str, Any]:
 def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]], write: bool = True) -> None:
     """The plan on disk must match this run's, or resuming would mix two builds (the dry run checks, no write)."""
     path = out / STATE_DIR / "plan.json"
-    doc = {"config": _plan_config(cfg), "shards": plan}
+    doc = {"config": _plan_config(cfg), "shards": plan, "format_version": FORMAT_VERSION}
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -201,6 +201,10 @@ def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]], write: 
                 raise ValueError("not a build plan")
         except ValueError as e:
             raise BuildError(f"{path} is unreadable ({e}); pass --overwrite to rebuild {out}") from None
+        if old.get("format_version", 1) != FORMAT_VERSION:
+            raise BuildError(f"{out} holds a build of format version {old.get('format_version', 1)}; this "
+                             f"midas-prep writes version {FORMAT_VERSION} (the shard layout changed): "
+                             "pass --overwrite to rebuild it or choose another --out")
         if old["config"] != doc["config"]:
             diffs = _diff(old["config"], doc["config"])
             raise BuildError(
@@ -418,7 +422,9 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
                     results = [got[name][c][0] for c in shard["clip_ids"]]
                     frames = [got[name][c][1] for c in shard["clip_ids"] if got[name][c][1] is not None]
                     clips = [clips_by_id[c] for c in shard["clip_ids"]]
-                    writes[writer.remote(out_s, shard, clips, results, cfg.write.formats, remote, *frames)] = name
+                    parquet = {"classes": tuple(cfg.index.classes), "frames_compression": cfg.write.frames_compression}
+                    writes[writer.remote(out_s, shard, clips, results, cfg.write.formats, remote, parquet,
+                                         *frames)] = name
                     del got[name]
             summary.processed = done
     except ray.exceptions.RayTaskError as e:

@@ -133,6 +133,8 @@ def main() -> None:
        show_default=_default(WriteConfig, "format"), help="Shard format.")
 @_opt("--shard-size-mb", type=float, show_default=_default(WriteConfig, "shard_size_mb"),
        help="Target shard size in MB.")
+@_opt("--frames-compression", type=click.Choice(["none", "zstd", "lz4", "snappy"]),
+       show_default=_default(WriteConfig, "frames_compression"), help="Parquet codec of the frames column.")
 @_opt("--workers", type=int, show_default="all cores", help="Clips processed at once.")
 @_opt("--ray-address", show_default="RAY_ADDRESS, else a local Ray", help="Join this Ray cluster.")
 @_opt("--limit", type=int, show_default="all clips", help="Only the first N clips (quick trials).")
@@ -145,9 +147,9 @@ def main() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset_kind: str | None,
                      num_frames: int | None, frame_size: int | None, detector: str | None, fmt: str | None,
-                     shard_size_mb: float | None, workers: int | None, ray_address: str | None,
-                     limit: int | None, overwrite: bool | None, config: str | None, sets: tuple[str, ...],
-                     dry_run: bool, as_json: bool, verbose: bool) -> None:
+                     shard_size_mb: float | None, frames_compression: str | None, workers: int | None,
+                     ray_address: str | None, limit: int | None, overwrite: bool | None, config: str | None,
+                     sets: tuple[str, ...], dry_run: bool, as_json: bool, verbose: bool) -> None:
     """Build aligned fixed-length clip shards from DATASET (a DFEW copy or a manifest).
 
     \b
@@ -161,7 +163,8 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
     cfg: BuildConfig = _load(BuildConfig, config, sets, {
         "dataset_root": str(dataset), "write.out": out, "index.source": source, "index.dataset": dataset_kind,
         "decode.num_frames": num_frames, "align.frame_size": frame_size, "align.detector": detector,
-        "write.format": fmt, "write.shard_size_mb": shard_size_mb, "ray.workers": workers,
+        "write.format": fmt, "write.shard_size_mb": shard_size_mb, "write.frames_compression": frames_compression,
+        "ray.workers": workers,
         "ray.address": ray_address, "index.limit": limit, "write.overwrite": overwrite,
     })
     if dry_run:
@@ -259,11 +262,11 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
                     seed: int | None, include_unassigned: bool | None, fmt: str | None, shard_size_mb: float | None,
                     workers: int | None, ray_address: str | None, overwrite: bool | None, config: str | None,
                     sets: tuple[str, ...], dry_run: bool, as_json: bool, verbose: bool) -> None:
-    """Write MIDAS-mixed copies of each fold's training clips to <shards>/mixed/fold{K}/.
+    """Write MIDAS-mixed copies of each fold's training clips to <shards>/mixed/fold=K/.
 
     \b
     Example:
-        midas-prep mix-offline --copies 2               # ./shards -> ./shards/mixed/fold1..5
+        midas-prep mix-offline --copies 2               # ./shards -> ./shards/mixed/fold=1..5
         midas-prep mix-offline --fold 1 --alpha 0.4 --seed 7 --include-unassigned
     """
     from pipeline.config import RayConfig
@@ -314,7 +317,7 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
 @click.option("--repair", is_flag=True, help="Rebuild only the damaged shards from the source dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def verify_cmd(shards: str, repair: bool, as_json: bool) -> None:
-    """Check every shard listed in SHARDS/index.json (and mixed/fold*/index.json).
+    """Check every shard listed in SHARDS/index.json (and mixed/fold=*/index.json).
 
     Size, sha256, readability, sample count, the .idx, and every sample's arrays (shape,
     dtype, crc32, soft label sums to 1). Exit 1 if anything is wrong.

@@ -8,7 +8,6 @@ summary. Reads only what build-shards and mix-offline wrote.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 
 from pipeline.datasets.records import sample_key
 from pipeline.read import SampleReader, open_index
-from pipeline.write import CLIPS_NAME, REJECTS_NAME
+from pipeline.write import CLIPS_NAME, REJECTS_NAME, mixed_indexes
 
 __all__ = ["inspect_shards"]
 
@@ -55,8 +54,8 @@ def inspect_shards(shards: str | Path, png: str | Path, clips: int = 6, seed: in
     picks = [written[i]["clip_id"] for i in sorted(rng.choice(len(written), min(clips, len(written)), replace=False))]
 
     mixed: list[tuple[str, SampleReader]] = []
-    for fold_index in sorted((shards / "mixed").glob("fold*/index.json")):
-        mreader = SampleReader(fold_index.parent, json.loads(fold_index.read_text()))
+    for fold_index in mixed_indexes(shards):
+        mreader = SampleReader(fold_index.parent, open_index(fold_index.parent))
         keys = mreader.keys()
         if keys:
             mixed.append((keys[int(rng.integers(len(keys)))], mreader))

@@ -7,8 +7,8 @@ with Soft Labels for Dynamic Facial Expression Recognition", WACV 2024, arXiv 25
 
 `sample_lam`, `mix_frames` and `mix_soft` are the numpy reference the DALI graph is tested
 against. `mix_offline` writes `copies` mixed samples per training clip of each fold to
-<shards>/mixed/fold{K}/, in the formats of the originals, resumable and byte-for-byte
-reproducible from the seed whatever the number of workers.
+<shards>/mixed/fold={K}/ (hive-style, see pipeline.write), in the formats of the originals,
+resumable and byte-for-byte reproducible from the seed whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -29,17 +29,19 @@ from pipeline.config import MixConfig, RayConfig, config_to_dict
 from pipeline.datasets.records import mixed_key, sample_key
 from pipeline.faults import fault_point
 from pipeline.lock import OutputLocked, hold_output
-from pipeline.read import SampleReader, ShardError, check_files, open_index
+from pipeline.read import SampleReader, ShardError, check_files, load_index, open_index
 from pipeline.remote import is_remote, local_dir, pull, push, remote_sizes
 from pipeline.write import (
     CLIPS_NAME,
     FORMAT_VERSION,
     INDEX_NAME,
+    MIXED_DIR,
     STATE_DIR,
     atomic_write,
     encode_sample,
     entries_present,
     entry_files,
+    fold_dirname,
     remove_outputs,
     remove_temporaries,
     sample_nbytes,
@@ -120,7 +122,8 @@ def plan_mix(clips: list[dict[str, Any]], cfg: MixConfig, per_shard: int) -> dic
 
 
 def write_mixed_shard(shards: str, out: str, index: dict[str, Any], shard: dict[str, Any], seed: int,
-                      formats: tuple[str, ...], src_remote: str = "", out_remote: str = "") -> dict[str, Any]:
+                      formats: tuple[str, ...], src_remote: str = "", out_remote: str = "",
+                      frames_compression: str = "zstd") -> dict[str, Any]:
     """Mix one planned shard's pairs from the source shards and write it; returns its done-file.
 
     With remote sources this node first pulls them into its cache (once: sizes are checked);
@@ -143,7 +146,8 @@ def write_mixed_shard(shards: str, out: str, index: dict[str, Any], shard: dict[
             samples.append(encode_sample(key, mix_frames(xa, xb, lam), soft, meta))
     finally:
         reader.close()
-    entries = write_shard_files(Path(out), shard["name"], 0, samples, formats)
+    entries = write_shard_files(Path(out), shard["name"], 0, samples, formats, tuple(index["classes"]),
+                                frames_compression)
     for e in entries:
         e["fold"], e["copy"] = shard["fold"], shard["copy"]
     state = {"shard": shard["name"], "entries": entries, "lams": [p["lam"] for p in shard["pairs"]]}
@@ -184,7 +188,7 @@ def dry_run_mix(cfg: MixConfig) -> dict[str, Any]:
     per_shard = max(1, int(cfg.shard_size_mb * 1e6) // sample_nbytes(index["sample"]["num_frames"],
                                                                      index["sample"]["frame_size"]))
     plan = plan_mix(clips, cfg, per_shard)
-    out_uri = cfg.out or (cfg.shards.rstrip("/") + "/mixed")
+    out_uri = cfg.out or (cfg.shards.rstrip("/") + "/" + MIXED_DIR)
     out = local_dir(out_uri)
     if not cfg.overwrite:
         conf = config_to_dict(cfg) | {"source_index_sha256": _sha(index)}
@@ -218,7 +222,8 @@ class MixSummary:
 
 
 def _fold_out(out: Path, fold: int) -> Path:
-    return out / f"fold{fold}"
+    """Fold K's folder under mix-offline's output (<shards>/mixed by default): fold=K."""
+    return out / fold_dirname(fold)
 
 
 def mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None = None,
@@ -237,14 +242,15 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
                  on_progress: Callable[[int, int], None] | None) -> MixSummary:
     t0 = time.perf_counter()
     src_remote = cfg.shards if is_remote(cfg.shards) else ""
-    out_uri = cfg.out or (cfg.shards.rstrip("/") + "/mixed")
+    out_uri = cfg.out or (cfg.shards.rstrip("/") + "/" + MIXED_DIR)
     out_remote = out_uri if is_remote(out_uri) else ""
     shards = local_dir(cfg.shards)
     out = local_dir(out_uri)
     if src_remote:
         pull(src_remote, shards, [INDEX_NAME])
-        if (shards / INDEX_NAME).is_file():
-            pull_source(src_remote, json.loads((shards / INDEX_NAME).read_text()))
+        remote_index = load_index(shards)
+        if remote_index is not None:
+            pull_source(src_remote, remote_index)
     index = open_index(shards)
     if index.get("kind") != "clips":
         raise ShardError(f"{shards} holds {index.get('kind')!r} shards; mix-offline mixes a build-shards output")
@@ -255,6 +261,7 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
     import pyarrow.parquet as pq
 
     clips = [c for c in pq.read_table(shards / "clips.parquet").to_pylist() if c["status"] == "written"]
+    _check_sources(shards, index, clips)
     sample_cfg = index["sample"]
     per_shard = max(1, int(cfg.shard_size_mb * 1e6) // sample_nbytes(sample_cfg["num_frames"],
                                                                      sample_cfg["frame_size"]))
@@ -267,7 +274,7 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
     states: dict[int, dict[str, dict]] = {}
     for k, shards_k in plan.items():
         fout = _fold_out(out, k)
-        fold_uri = f"{out_remote}/fold{k}" if out_remote else ""
+        fold_uri = f"{out_remote}/{fout.name}" if out_remote else ""
         if cfg.overwrite:
             remove_outputs(fout)
             if fold_uri:
@@ -311,7 +318,8 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
                     k, s = queue.pop(0)
                     ref = task.remote(str(shards.resolve()), str(_fold_out(out, k).resolve()), index_ref, s,
                                       cfg.seed, cfg.formats, src_remote,
-                                      f"{out_remote}/fold{k}" if out_remote else "")
+                                      f"{out_remote}/{_fold_out(out, k).name}" if out_remote else "",
+                                      cfg.frames_compression)
                     pending[ref] = (k, s)
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
@@ -324,9 +332,12 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
                         on_progress(done, total)
                     _write_fold_index(_fold_out(out, k), k, conf, states[k], complete=False, index=index)
                     if out_remote:
-                        push(_fold_out(out, k), f"{out_remote}/fold{k}", [INDEX_NAME])
+                        push(_fold_out(out, k), f"{out_remote}/{_fold_out(out, k).name}", [INDEX_NAME])
                     fault_point("build.shard_done")
         except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ShardError):  # a damaged source: its own message, no remote traceback
+                raise ShardError(str(cause)) from None
             raise ShardError(f"a mix task failed; finished shards are kept and a re-run resumes: {e}") from e
         finally:
             shutdown_ray(started)
@@ -335,13 +346,26 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
     for k in plan:
         _write_fold_index(_fold_out(out, k), k, conf, states[k], complete=True, index=index)
         if out_remote:
-            push(_fold_out(out, k), f"{out_remote}/fold{k}", [INDEX_NAME])
+            push(_fold_out(out, k), f"{out_remote}/{_fold_out(out, k).name}", [INDEX_NAME])
         lams += [lam for s in states[k].values() for lam in s["lams"]]
         summary.shards += sum(1 for s in states[k].values() if s["entries"])
     summary.samples = total
     summary.lam_quantiles = {f"q{int(q * 100):02d}": float(np.quantile(lams, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _check_sources(shards: Path, index: dict[str, Any], clips: list[dict[str, Any]]) -> None:
+    """Every written clip is a sample the source shards hold (read from the .idx or the key
+    column, which also refuses a garbled .idx or a member named `../x`), before any task runs."""
+    reader = SampleReader(shards, index)
+    try:
+        missing = sorted({c["clip_id"] for c in clips} - set(reader.keys()))
+    finally:
+        reader.close()
+    if missing:
+        raise ShardError(f"{shards}: clips.parquet lists {len(missing)} written clip(s) the shards do not hold "
+                         f"({', '.join(missing[:5])}); run `midas-prep verify {shards}`")
 
 
 def _sha(index: dict[str, Any]) -> str:
@@ -358,7 +382,10 @@ def _plan_conflict(fout: Path, conf: dict[str, Any], shards: list[dict[str, Any]
     if not path.is_file():
         return ""
     old = json.loads(path.read_text())
-    if old == {"config": mine, "shards": shards}:
+    if old.get("format_version", 1) != FORMAT_VERSION:
+        return (f"{fout} holds mixed shards of format version {old.get('format_version', 1)}, this midas-prep "
+                f"writes version {FORMAT_VERSION}; pass --overwrite to rebuild them or choose another --out")
+    if old == {"config": mine, "shards": shards, "format_version": FORMAT_VERSION}:
         return ""
     diffs = [f"{k}: {old['config'].get(k)!r} on disk, {v!r} now" for k, v in mine.items()
              if old["config"].get(k) != v]
@@ -374,7 +401,8 @@ def _check_plan(fout: Path, conf: dict[str, Any], shards: list[dict[str, Any]]) 
     path = fout / STATE_DIR / "plan.json"
     if not path.is_file():
         ignore = ("overwrite", "out", "shards", "fold")
-        doc = {"config": {k: v for k, v in conf.items() if k not in ignore}, "shards": shards}
+        doc = {"config": {k: v for k, v in conf.items() if k not in ignore}, "shards": shards,
+               "format_version": FORMAT_VERSION}
         atomic_write(path, json.dumps(doc, sort_keys=True).encode())
 
 

@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import StreamConfig
-from pipeline.read import ShardError, check_files, open_index, parse_idx, read_sample
+from pipeline.read import ShardError, check_files, load_idx, open_index, read_sample, sample_spec
 from pipeline.remote import is_remote, local_dir, pull
-from pipeline.write import INDEX_NAME, entry_files
+from pipeline.write import INDEX_NAME, entry_files, mixed_dir, mixed_rel
 
 __all__ = ["list_samples", "choose_val_clips", "epoch_order", "ShardSource", "midas_graph", "create_loader",
            "MidasLoader", "resolve_device", "bench_loader"]
@@ -132,10 +132,13 @@ def list_samples(cfg: StreamConfig) -> list[tuple[str, str, str, Any]]:
         raise ShardError(f"{root} has no {fmt} shards (it has {sorted(formats)})")
     sources = [(root, _select(index, cfg, fmt))]
     if cfg.offline_mixed and cfg.split == "train":
-        mroot = root / "mixed" / f"fold{cfg.fold}"
+        mroot = mixed_dir(root, cfg.fold)
         if is_remote(cfg.shards):
-            pull(f"{cfg.shards.rstrip('/')}/mixed/fold{cfg.fold}", mroot, [INDEX_NAME])
+            pull(f"{cfg.shards.rstrip('/')}/{mixed_rel(cfg.fold)}", mroot, [INDEX_NAME])
         mindex = open_index(mroot)
+        if sample_spec(mindex) != sample_spec(index):
+            raise ShardError(f"{mroot} holds samples of {sample_spec(mindex)}, {root} of {sample_spec(index)}: "
+                             f"re-run `midas-prep mix-offline --shards {root} --fold {cfg.fold} --overwrite`")
         sources.append((mroot, _select(mindex, cfg, fmt)))
     if is_remote(cfg.shards):
         for base, entries in sources:
@@ -153,7 +156,7 @@ def list_samples(cfg: StreamConfig) -> list[tuple[str, str, str, Any]]:
         for e in sorted(entries, key=lambda e: e["path"]):
             path = str((base / e["path"]).resolve())
             if fmt == "webdataset":
-                rows = [(key, fmt, path, members) for key, members in parse_idx((base / e["idx"]["path"]).read_text())]
+                rows = [(key, fmt, path, members) for key, members in load_idx(base / e["idx"]["path"], base)]
             else:
                 rows = [(f"{e['path']}#{row}", fmt, path, row) for row in range(e["samples"])]
             shards.append((e, rows, n > 0))
@@ -181,9 +184,11 @@ class ShardSource:
     """
 
     def __init__(self, samples: list[tuple[str, str, str, Any]], batch_size: int, seed: int, shuffle: bool,
-                 shard_id: int, num_shards: int, drop_last: bool, labels: str = "soft") -> None:
+                 shard_id: int, num_shards: int, drop_last: bool, labels: str = "soft",
+                 spec: dict[str, tuple[int, ...]] | None = None) -> None:
         self.samples = samples
         self.labels = labels
+        self.spec = spec  # sample_spec of index.json: every sample's shape and dtype is checked against it
         self.batch_size = batch_size
         self.seed, self.shuffle = seed, shuffle
         self.shard_id, self.num_shards = shard_id, num_shards
@@ -212,7 +217,7 @@ class ShardSource:
         """Sample i: (frames uint8 T x H x W x 3, soft float32 [C], json); no unpickling."""
         key, fmt, path, where = self.samples[i]
         name = f"{path} sample {key}" if fmt == "webdataset" else f"{path} row {where}"
-        frames, soft, meta = read_sample(self._files, fmt, path, where, name)
+        frames, soft, meta = read_sample(self._files, fmt, path, where, name, self.spec)
         if self.labels == "onehot":  # before mixing: mixup mixes one-hot targets
             label = int(meta.get("label", -1))
             soft = np.eye(len(soft), dtype=np.float32)[label if label >= 0 else int(np.argmax(soft))]
@@ -288,10 +293,11 @@ class MidasLoader:
         self.training = cfg.split == "train"
         drop = (cfg.last_batch or ("drop" if self.training else "partial")) == "drop"
         self.samples = list_samples(cfg)
-        self.frame_size = int(open_index(local_dir(cfg.shards))["sample"]["frame_size"])
+        index = open_index(local_dir(cfg.shards))
+        self.frame_size = int(index["sample"]["frame_size"])
         self._it: Any = None
         self.source = ShardSource(self.samples, cfg.batch_size, cfg.seed, self.training, cfg.shard_id,
-                                  cfg.num_shards, drop, cfg.labels)
+                                  cfg.num_shards, drop, cfg.labels, spec=sample_spec(index))
         self._debug = _debug_outputs
         self._build(checkpoint)
 

@@ -19,11 +19,27 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline.read import ShardError, check_files, decode_members, decode_parquet_row, parse_idx
+from pipeline.read import (
+    MEMBERS,
+    ShardError,
+    check_files,
+    decode_members,
+    decode_parquet_row,
+    load_idx,
+    load_index,
+    sample_spec,
+)
 from pipeline.remote import is_remote, local_dir, pull, remote_sizes
-from pipeline.write import FORMAT_DIRS, INDEX_NAME, STATE_DIR, entry_files, read_index
+from pipeline.write import (
+    FORMAT_DIRS,
+    INDEX_NAME,
+    MIXED_DIR,
+    STATE_DIR,
+    entry_files,
+    mixed_indexes,
+    read_index,
+    shard_files,
+)
 
 __all__ = ["Problem", "VerifyReport", "verify_shards", "repair_shards"]
 
@@ -75,19 +91,7 @@ def _json(path: Path) -> Any:
 
 def _indexes(shards: Path) -> list[Path]:
     found = [shards / INDEX_NAME] if (shards / INDEX_NAME).is_file() else []
-    found += sorted((shards / "mixed").glob(f"fold*/{INDEX_NAME}"))
-    return found
-
-
-def _check_sample(frames: np.ndarray, soft: np.ndarray, expect: dict[str, Any], num_classes: int) -> str:
-    t, s = expect["num_frames"], expect["frame_size"]
-    if frames.dtype != np.uint8 or frames.shape != (t, s, s, 3):
-        return f"frames are {frames.dtype} {frames.shape}, expected uint8 {(t, s, s, 3)}"
-    if soft.dtype != np.float32 or soft.shape != (num_classes,):
-        return f"soft is {soft.dtype} {soft.shape}, expected float32 ({num_classes},)"
-    if not np.isfinite(soft).all() or abs(float(soft.sum()) - 1.0) > 1e-4 or (soft < 0).any():
-        return f"soft label {soft.tolist()} does not sum to 1"
-    return ""
+    return found + mixed_indexes(shards)
 
 
 def _reason(e: ShardError) -> str:
@@ -95,8 +99,7 @@ def _reason(e: ShardError) -> str:
     return str(e).split(": ", 1)[-1].replace("; run `midas-prep verify`", "")
 
 
-def _verify_tar(path: Path, entry: dict[str, Any], root: Path, expect: dict, ncls: int,
-                report: VerifyReport) -> None:
+def _verify_tar(path: Path, entry: dict[str, Any], root: Path, spec: dict, report: VerifyReport) -> None:
     where = dict(path=str(path), shard=entry.get("shard", ""))
     members: dict[str, dict[str, tuple[int, int]]] = {}
     data: dict[tuple[str, str], bytes] = {}
@@ -119,32 +122,28 @@ def _verify_tar(path: Path, entry: dict[str, Any], root: Path, expect: dict, ncl
     if "idx" in entry and (root / entry["idx"]["path"]).is_file():
         ipath = root / entry["idx"]["path"]
         try:
-            idx = dict(parse_idx(ipath.read_text()))
-        except (ValueError, IndexError, AssertionError, UnicodeDecodeError) as e:
+            idx = dict(load_idx(ipath, root))
+        except ShardError as e:
             report.problems.append(Problem(path=str(ipath), shard=entry.get("shard", ""),
-                                           message=f"unreadable DALI index ({e or type(e).__name__})"))
+                                           message=f"unreadable DALI index ({str(e).split('; run ')[0]})"))
         else:
             if idx != members:
                 report.problems.append(Problem(path=str(ipath), shard=entry.get("shard", ""),
                                                message="does not match the tar's members"))
     for key, exts in members.items():
-        missing = {"frames.npy", "soft.npy", "json"} - set(exts)
+        missing = set(MEMBERS) - set(exts)
         if missing:
             report.problems.append(Problem(message=f"missing members {sorted(missing)}", sample=key, **where))
             continue
         report.samples += 1
         try:
-            frames, soft, _ = decode_members(data[(key, "frames.npy")], data[(key, "soft.npy")],
-                                             data[(key, "json")], f"{path} sample {key}")
+            decode_members(data[(key, "frames.npy")], data[(key, "soft.npy")], data[(key, "json")],
+                           f"{path} sample {key}", spec)
         except ShardError as e:
             report.problems.append(Problem(message=_reason(e), sample=key, **where))
-            continue
-        msg = _check_sample(frames, soft, expect, ncls)
-        if msg:
-            report.problems.append(Problem(message=msg, sample=key, **where))
 
 
-def _verify_parquet(path: Path, entry: dict[str, Any], expect: dict, ncls: int, report: VerifyReport) -> None:
+def _verify_parquet(path: Path, entry: dict[str, Any], spec: dict, report: VerifyReport) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -166,30 +165,27 @@ def _verify_parquet(path: Path, entry: dict[str, Any], expect: dict, ncls: int, 
         for row in table.to_pylist():
             report.samples += 1
             try:
-                frames, soft, _ = decode_parquet_row(row, f"{path} sample {row['key']}")
+                decode_parquet_row(row, f"{path} sample {row['key']}", spec)
             except ShardError as e:
                 report.problems.append(Problem(message=_reason(e), sample=row["key"], **where))
-                continue
-            msg = _check_sample(frames, soft, expect, ncls)
-            if msg:
-                report.problems.append(Problem(message=msg, sample=row["key"], **where))
 
 
 def _pull_remote(uri: str) -> Path:
     """Fetch a remote shards tree (every index and every file they list) into the cache."""
     local = local_dir(uri)
     sizes = remote_sizes(uri)
-    indexes = [k for k in sizes if k == INDEX_NAME or (k.startswith("mixed/fold") and k.endswith("/" + INDEX_NAME))]
+    indexes = [k for k in sizes
+               if k == INDEX_NAME or (k.startswith(f"{MIXED_DIR}/fold=") and k.endswith("/" + INDEX_NAME))]
     pull(uri, local, indexes, sizes)
     for rel in indexes:
         base = rel[: -len(INDEX_NAME)]
-        doc = json.loads((local / rel).read_text())
+        doc = load_index(local / base) or {"shards": []}
         pull(uri, local, [base + f for f, _ in entry_files(doc["shards"])], sizes)
     return local
 
 
 def verify_shards(shards: str | Path) -> VerifyReport:
-    """Check every shard of `shards` (and of shards/mixed/fold*) against its index.json.
+    """Check every shard of `shards` (and of shards/mixed/fold=*) against its index.json.
 
     A remote `shards` (s3://, gs://) is pulled into the local cache first; problems name the URI."""
     if is_remote(shards):
@@ -218,10 +214,18 @@ def verify_shards(shards: str | Path) -> VerifyReport:
                 f"{UNREADABLE_INDEX} ({e}); `midas-prep verify {shards} --repair` rewrites it from {STATE_DIR}/ "
                 f"when that is intact, else rebuild: {_rebuild_command(shards, root)}")))
             continue
+        try:
+            index = load_index(root)
+            assert index is not None
+            spec = sample_spec(index)
+        except (ShardError, KeyError, TypeError, ValueError) as e:  # another version, no sample section
+            msg = str(e) if isinstance(e, ShardError) else f"index.json lacks the sample section ({e})"
+            report.problems.append(Problem(path=str(ipath), message=msg.removeprefix(str(ipath)).lstrip(": "),
+                                           index=str(ipath)))
+            continue
         if not index.get("complete"):
             report.problems.append(Problem(path=str(ipath), message="unfinished build (complete=false)",
                                            index=str(ipath)))
-        expect, ncls = index["sample"], len(index["classes"])
         for entry in index["shards"]:
             report.files += 1
             before = len(report.problems)
@@ -231,9 +235,9 @@ def verify_shards(shards: str | Path) -> VerifyReport:
             path = root / entry["path"]
             if path.is_file():
                 if entry["format"] == "webdataset":
-                    _verify_tar(path, entry, root, expect, ncls, report)
+                    _verify_tar(path, entry, root, spec, report)
                 else:
-                    _verify_parquet(path, entry, expect, ncls, report)
+                    _verify_parquet(path, entry, spec, report)
             report.problems[before:] = [Problem(p.path, p.message, p.sample, p.shard or entry.get("shard", ""),
                                                 str(ipath)) for p in report.problems[before:]]
     return report
@@ -408,7 +412,7 @@ def _mix_runner(shards: Path, root: Path, conf: dict[str, Any], index: dict[str,
 
 
 def _do_repair(shards: Path, job: _Job) -> list[str]:
-    from pipeline.write import atomic_write, shard_files
+    from pipeline.write import atomic_write
 
     prefix = "" if job.root == shards else job.root.relative_to(shards).as_posix() + "/"
     done = []

@@ -1,11 +1,14 @@
-"""Write stage: the on-disk format, defined in one place (see FORMAT.md for an example).
+"""Write stage: the on-disk format, defined in one place (every path comes from the helpers here).
 
-    <out>/index.json                     format version, full config, one entry per shard file
-    <out>/clips.parquet                  one row per indexed clip (status, face stats)
-    <out>/rejects.parquet                one row per clip that could not be processed
-    <out>/webdataset/part{P}-{NNNNNN}.tar  (+ .idx for DALI's fn.readers.webdataset)
-    <out>/parquet/part{P}-{NNNNNN}.parquet
-    <out>/_state/                        plan.json and one done-file per finished shard (resume)
+    <out>/index.json                          format version, full config, one entry per shard file
+    <out>/clips.parquet                       one row per indexed clip (status, face stats)
+    <out>/rejects.parquet                     one row per clip that could not be processed
+    <out>/webdataset/part{P}-{NNNNNN}.tar     tars alone in their folder (any webdataset reader takes it)
+    <out>/webdataset-idx/part{P}-{NNNNNN}.idx DALI's index of each tar (listed in index.json)
+    <out>/parquet/part={P}/{NNNNNN}.parquet   hive-style: pyarrow, DuckDB, Ray see a `part` column
+    <out>/mixed/fold={K}/                     mix-offline output: index.json, webdataset/copy{C}-{NNNNNN}.tar,
+                                              webdataset-idx/copy{C}-{NNNNNN}.idx, parquet/copy={C}/{NNNNNN}.parquet
+    <out>/_state/                             plan.json and one done-file per finished shard (resume)
 
 A sample is `<key>.frames.npy` (uint8 T x H x W x 3 RGB), `<key>.soft.npy` (float32 [C],
 sums to 1) and `<key>.json`. Every file is written under a temporary name and renamed
@@ -20,6 +23,7 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable
@@ -37,7 +41,18 @@ __all__ = [
     "REJECTS_NAME",
     "STATE_DIR",
     "FORMAT_DIRS",
+    "IDX_DIR",
+    "MIXED_DIR",
+    "SHARD_DIRS",
+    "FRAMES_COMPRESSIONS",
     "shard_name",
+    "shard_path",
+    "idx_path",
+    "fold_dirname",
+    "mixed_dir",
+    "mixed_rel",
+    "mixed_indexes",
+    "shard_dirs",
     "sample_nbytes",
     "plan_shards",
     "encode_sample",
@@ -60,19 +75,69 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: .idx in webdataset-idx/, hive-style parquet/part=P/ and mixed/fold=K/, large_binary frames
 INDEX_NAME = "index.json"
 CLIPS_NAME = "clips.parquet"
 REJECTS_NAME = "rejects.parquet"
 STATE_DIR = "_state"
 FORMAT_DIRS = {"webdataset": "webdataset", "parquet": "parquet"}
-_SUFFIX = {"webdataset": ".tar", "parquet": ".parquet"}
+IDX_DIR = "webdataset-idx"  # beside webdataset/, so a glob over webdataset/* sees only tars
+MIXED_DIR = "mixed"
+SHARD_DIRS = (FORMAT_DIRS["webdataset"], IDX_DIR, FORMAT_DIRS["parquet"])  # every folder holding shard files
+FRAMES_COMPRESSIONS = ("none", "zstd", "lz4", "snappy")  # Parquet codecs for the frames column
 _TMP = ".tmp"
 _TAR_MTIME = 0  # fixed, so the same samples give the same tar bytes
+_SHARD = re.compile(r"^(part|copy)(\d+)-(\d{6,})$")  # part{P}-{NNNNNN} (build), copy{C}-{NNNNNN} (mix)
 
 
 def shard_name(part: int, index: int) -> str:
     return f"part{part}-{index:06d}"
+
+
+def shard_path(fmt: str, shard: str) -> str:
+    """The file of planned shard `shard` in format `fmt`, relative to its output directory.
+
+    webdataset/part1-000003.tar, parquet/part=1/000003.parquet (mixed: parquet/copy=0/000003.parquet):
+    the Parquet folder names are hive partitions, so readers pointed at parquet/ get the column."""
+    if fmt == "webdataset":
+        return f"{FORMAT_DIRS[fmt]}/{shard}.tar"
+    m = _SHARD.match(shard)
+    assert m, f"shard name {shard!r} is not part{{P}}-{{NNNNNN}} or copy{{C}}-{{NNNNNN}}"
+    return f"{FORMAT_DIRS[fmt]}/{m[1]}={int(m[2])}/{m[3]}.parquet"
+
+
+def idx_path(shard: str) -> str:
+    """The DALI index of a tar shard, relative to its output directory (readers take it from index.json)."""
+    return f"{IDX_DIR}/{shard}.idx"
+
+
+def fold_dirname(fold: int) -> str:
+    """The folder of fold K's mixed shards inside mix-offline's output: fold=K (hive-style)."""
+    return f"fold={fold}"
+
+
+def mixed_rel(fold: int) -> str:
+    """mix-offline's default output folder of fold K, relative to the shards: mixed/fold=K."""
+    return f"{MIXED_DIR}/{fold_dirname(fold)}"
+
+
+def mixed_dir(root: str | Path, fold: int) -> Path:
+    return Path(root) / mixed_rel(fold)
+
+
+def mixed_indexes(root: str | Path) -> list[Path]:
+    """index.json of every mixed fold under `root`, in fold order."""
+    found = [p for p in Path(root).glob(f"{MIXED_DIR}/fold=*/{INDEX_NAME}") if p.parent.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.parent.name[5:]))
+
+
+def shard_dirs(out: Path) -> list[Path]:
+    """Every existing folder of `out` that holds shard files (the hive partitions included)."""
+    dirs = [out / d for d in SHARD_DIRS if (out / d).is_dir()]
+    parquet = out / FORMAT_DIRS["parquet"]
+    if parquet.is_dir():
+        dirs += sorted(p for p in parquet.iterdir() if p.is_dir() and "=" in p.name)
+    return dirs
 
 
 def sample_nbytes(num_frames: int, frame_size: int, num_classes: int = 7) -> int:
@@ -122,6 +187,7 @@ def encode_sample(key: str, frames: np.ndarray, soft: np.ndarray, meta: dict[str
         "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
         "meta": meta,
         "soft": soft,
+        "shape": tuple(frames.shape),
     }
 
 
@@ -147,51 +213,64 @@ def write_tar(fileobj: Any, samples: list[dict[str, Any]]) -> bytes:
     return (f"v1.2 {len(samples)}\n" + "".join(line + "\n" for line in lines)).encode()
 
 
-def _sample_schema() -> Any:
+def _sample_schema(shape: tuple[int, ...], classes: tuple[str, ...], frames_compression: str) -> Any:
+    """Columns of a Parquet shard, with key-value metadata saying what `frames` holds.
+
+    `part` is not a column: it is the hive folder (parquet/part=P/), and pyarrow refuses a
+    dataset whose files and folders both define it. `frames` is large_binary (64-bit offsets),
+    so a shard over 2 GiB writes and reads."""
     import pyarrow as pa
 
+    frames = {"encoding": "npy", "dtype": "uint8", "shape": list(shape), "layout": "THWC", "color": "RGB",
+              "compression": frames_compression, "decode": "numpy.load(io.BytesIO(cell), allow_pickle=False)"}
+    meta = {"midas.format_version": str(FORMAT_VERSION), "midas.frames": json.dumps(frames, sort_keys=True),
+            "midas.soft": json.dumps({"dtype": "float32", "classes": list(classes), "sums_to": 1}, sort_keys=True),
+            "midas.classes": json.dumps(list(classes))}
     return pa.schema([
         ("key", pa.string()),
         ("clip_id", pa.string()),
         ("label", pa.int16()),
-        ("part", pa.int8()),
         ("votes", pa.list_(pa.int32())),
         ("soft", pa.list_(pa.float32())),
-        ("frames", pa.binary()),  # the same .npy bytes as the tar member
-        ("json", pa.string()),  # the whole sample json (mixed samples: sources and lam)
-    ])
+        ("frames", pa.large_binary()),  # the same .npy bytes as the tar member
+        ("json", pa.string()),  # the whole sample json (part; mixed samples: sources and lam)
+    ], metadata=meta)
 
 
-def write_parquet(fileobj: Any, samples: list[dict[str, Any]]) -> None:
+# Compression by real column path: a list column's values live in `<name>.list.element`, and
+# pyarrow ignores a setting under the bare name.
+_SMALL_COLUMNS = ("key", "clip_id", "label", "votes.list.element", "soft.list.element", "json")
+
+
+def write_parquet(fileobj: Any, samples: list[dict[str, Any]], classes: tuple[str, ...] = (),
+                  frames_compression: str = "zstd") -> None:
     """One Parquet file, one row group per sample: the loader reads a sample by its row group."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = _sample_schema()
+    assert frames_compression in FRAMES_COMPRESSIONS, f"frames compression {frames_compression!r}"
+    schema = _sample_schema(samples[0]["shape"], tuple(classes), frames_compression)
     meta = [s["meta"] for s in samples]
     columns = {
         "key": [s["__key__"] for s in samples],
         "clip_id": [m.get("clip_id") for m in meta],
         "label": [m.get("label", -1) for m in meta],
-        "part": [m.get("part", 0) for m in meta],
         "votes": [m.get("votes") for m in meta],
         "soft": [s["soft"].tolist() for s in samples],
-        "frames": [s["frames.npy"] for s in samples],
         "json": [s["json"].decode() for s in samples],
     }
-    frames = columns.pop("frames")
+    frames = [s["frames.npy"] for s in samples]
     # One buffer for the big column (one memcpy) instead of converting 600 KB bytes objects one by one.
-    offsets = np.zeros(len(frames) + 1, dtype=np.int32)
+    offsets = np.zeros(len(frames) + 1, dtype=np.int64)
     np.cumsum([len(f) for f in frames], out=offsets[1:])
-    frames_arr = pa.Array.from_buffers(pa.binary(), len(frames),
+    frames_arr = pa.Array.from_buffers(pa.large_binary(), len(frames),
                                        [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(frames))])
     arrays = {f.name: frames_arr if f.name == "frames" else pa.array(columns[f.name], type=f.type) for f in schema}
     table = pa.table(arrays, schema=schema)
     pq.write_table(
         table, fileobj, row_group_size=1, use_dictionary=False,
-        compression={"frames": "NONE", "key": "ZSTD", "clip_id": "ZSTD", "label": "ZSTD", "part": "ZSTD",
-                     "votes": "ZSTD", "soft": "ZSTD", "json": "ZSTD"},
-        write_statistics=["key", "clip_id", "label", "part"],
+        compression={"frames": frames_compression.upper(), **{c: "ZSTD" for c in _SMALL_COLUMNS}},
+        write_statistics=["key", "clip_id", "label"],
     )
 
 
@@ -239,17 +318,19 @@ def atomic_write(path: Path, data: bytes, point: str = "") -> None:
 
 
 def write_shard_files(
-    out: Path, shard: str, part: int, samples: list[dict[str, Any]], formats: tuple[str, ...]
+    out: Path, shard: str, part: int, samples: list[dict[str, Any]], formats: tuple[str, ...],
+    classes: tuple[str, ...] = (), frames_compression: str = "zstd",
 ) -> list[dict[str, Any]]:
     """Write one planned shard in every format; returns its index.json entries.
 
-    An empty shard (every clip rejected) writes no file and returns no entry.
+    An empty shard (every clip rejected) writes no file and returns no entry. `classes`
+    and `frames_compression` go into the Parquet files (metadata and the frames codec).
     """
     entries: list[dict[str, Any]] = []
     if not samples:
         return entries
     for fmt in formats:
-        rel = f"{FORMAT_DIRS[fmt]}/{shard}{_SUFFIX[fmt]}"
+        rel = shard_path(fmt, shard)
         entry: dict[str, Any] = {"path": rel, "format": fmt, "part": part, "shard": shard, "samples": len(samples)}
         if fmt == "webdataset":
             # The tar is written under a temp name, then its .idx, then the tar is renamed:
@@ -261,14 +342,15 @@ def write_shard_files(
                 idx = write_tar(w, samples)
                 f.flush()
                 os.fsync(f.fileno())
-            idx_rel = f"{FORMAT_DIRS[fmt]}/{shard}.idx"
+            idx_rel = idx_path(shard)
             _, idx_bytes, idx_sha = _write_atomic(out / idx_rel, lambda f, idx=idx: f.write(idx))
             fault_point("write.shard_tmp")
             os.replace(tar_tmp, out / rel)
             entry |= {"bytes": w.nbytes, "sha256": w.sha.hexdigest(),
                       "idx": {"path": idx_rel, "bytes": idx_bytes, "sha256": idx_sha}}
         else:
-            _, nbytes, sha = _write_atomic(out / rel, lambda f: write_parquet(f, samples), "write.shard_tmp")
+            _, nbytes, sha = _write_atomic(
+                out / rel, lambda f: write_parquet(f, samples, classes, frames_compression), "write.shard_tmp")
             entry |= {"bytes": nbytes, "sha256": sha}
         entries.append(entry)
     return entries
@@ -290,7 +372,7 @@ def entries_present(out: Path, entries: list[dict[str, Any]], sizes: dict[str, i
 
 def read_index(out: Path) -> dict[str, Any] | None:
     """index.json of `out`, None if there is none; a file that is not an index is a ShardError
-    naming it and the command that says how to rebuild it."""
+    naming it and the command that says how to rebuild it (readers go through pipeline.read.load_index)."""
     path = Path(out) / INDEX_NAME
     if not path.is_file():
         return None
@@ -359,9 +441,9 @@ def write_rejects_table(out: Path, rows: list[dict[str, Any]]) -> None:
 def shard_files(shard: str, fmt: str, part: int = 0) -> list[str]:
     """Relative paths of one planned shard's files in format `fmt`, as write_shard_files names them
     (cleanup finds the files of a shard that a killed run wrote but did not list anywhere)."""
-    files = [f"{FORMAT_DIRS[fmt]}/{shard}{_SUFFIX[fmt]}"]
+    files = [shard_path(fmt, shard)]
     if fmt == "webdataset":
-        files.append(f"{FORMAT_DIRS[fmt]}/{shard}.idx")
+        files.append(idx_path(shard))
     return files
 
 

@@ -25,7 +25,8 @@ from pipeline.write import read_index
 
 
 def _shard_files(out: Path) -> dict[str, bytes]:
-    files = sorted([*out.glob("webdataset/*"), *out.glob("parquet/*"), out / "clips.parquet",
+    files = sorted([*out.glob("webdataset/*"), *out.glob("webdataset-idx/*"), *out.glob("parquet/*/*"),
+                    out / "clips.parquet",
                     out / "rejects.parquet"])
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in files}
 
@@ -78,13 +79,14 @@ def test_rejects_name_the_stage(built, sample):
 def test_index_json_lists_every_shard_with_sha256(built):
     out, cfg, summary = built
     index = read_index(out)
-    assert index["complete"] and index["format_version"] == 1
+    assert index["complete"] and index["format_version"] == 2
     assert index["config"]["decode"]["num_frames"] == 16 and index["config"]["align"]["detector"] == "retinaface"
     assert {e["format"] for e in index["shards"]} == {"webdataset", "parquet"}
     for e in index["shards"]:
         data = (out / e["path"]).read_bytes()
         assert len(data) == e["bytes"] and hashlib.sha256(data).hexdigest() == e["sha256"]
-        assert e["path"].split("/")[-1].startswith(f"part{e['part']}-")
+        assert e["path"] in (f"webdataset/{e['shard']}.tar", f"parquet/part={e['part']}/{e['shard'][-6:]}.parquet")
+        assert e["shard"].startswith(f"part{e['part']}-")
     tars = [e for e in index["shards"] if e["format"] == "webdataset"]
     assert sum(e["samples"] for e in tars) == summary.written
     assert len({e["part"] for e in tars}) >= 4 and summary.shards > len({e["part"] for e in tars})
@@ -158,12 +160,14 @@ def test_read_back_with_dali_webdataset_reader_on_cpu(built):
     from nvidia.dali import fn, pipeline_def
 
     out, _, summary = built
-    tars = sorted(out.glob("webdataset/*.tar"))
+    index = read_index(out)
+    entries = sorted((e for e in index["shards"] if e["format"] == "webdataset"), key=lambda e: e["path"])
+    tars = [out / e["path"] for e in entries]
 
     @pipeline_def(batch_size=4, num_threads=1, device_id=None)
     def pipe():
         frames, soft = fn.readers.webdataset(
-            paths=[str(p) for p in tars], index_paths=[str(p.with_suffix(".idx")) for p in tars],
+            paths=[str(p) for p in tars], index_paths=[str(out / e["idx"]["path"]) for e in entries],
             ext=["frames.npy", "soft.npy"], missing_component_behavior="error", random_shuffle=False,
             name="reader")
         return fn.decoders.numpy(frames), fn.decoders.numpy(soft)
@@ -183,7 +187,7 @@ def test_read_back_with_dali_webdataset_reader_on_cpu(built):
 
 def test_read_back_with_pyarrow(built):
     out, _, summary = built
-    table = pq.read_table(sorted(out.glob("parquet/*.parquet")))
+    table = pq.read_table(sorted(out.glob("parquet/part=*/*.parquet")))
     assert table.num_rows == summary.written
     row = table.slice(0, 1).to_pylist()[0]
     frames = np.load(io.BytesIO(row["frames"]), allow_pickle=False)
@@ -209,7 +213,7 @@ def test_cli_summary_and_exit_codes(sample, ray_session, tmp_path):
                                "--format", "parquet", "--workers", "2"])
     assert res.exit_code == 0, res.output
     assert "clips written" in res.output and "rejected  " in res.output and "clips/s" in res.output
-    assert not (tmp_path / "s/webdataset").exists() and list((tmp_path / "s/parquet").glob("*.parquet"))
+    assert not (tmp_path / "s/webdataset").exists() and list((tmp_path / "s/parquet").glob("part=*/*.parquet"))
     res = runner.invoke(main, ["build-shards", str(tmp_path), "--out", str(tmp_path / "t")])
     assert res.exit_code != 0 and "not a recognised DFEW copy" in res.output
     res = runner.invoke(main, ["build-shards", str(sample.root), "--num-frames", "0"])

@@ -22,7 +22,8 @@ from pipeline.mix import mix_offline
 
 
 def _files(out: Path) -> dict[str, bytes]:
-    files = sorted([*out.glob("webdataset/*"), *out.glob("parquet/*"), out / "clips.parquet",
+    files = sorted([*out.glob("webdataset/*"), *out.glob("webdataset-idx/*"), *out.glob("parquet/*/*"),
+                    out / "clips.parquet",
                     out / "rejects.parquet"])
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in files if p.is_file()}
 

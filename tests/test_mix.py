@@ -113,8 +113,8 @@ def test_mixed_samples_from_the_bytes_on_disk(mixed):
     reader = SampleReader(shards, open_index(shards))
     clips = {c["clip_id"]: c for c in pq.read_table(shards / "clips.parquet").to_pylist()}
     n = 0
-    for fold_dir in sorted(out.glob("fold*")):
-        k = int(fold_dir.name[4:])
+    for fold_dir in sorted(out.glob("fold=*")):
+        k = int(fold_dir.name[5:])
         index = json.loads((fold_dir / "index.json").read_text())
         assert index["complete"] and index["kind"] == "mixed" and index["fold"] == k
         assert index["config"]["alpha"] == 0.8 and index["config"]["seed"] == 5
@@ -137,8 +137,8 @@ def test_mixed_samples_from_the_bytes_on_disk(mixed):
                       for k in range(1, 6))
     assert n == summary.samples == 2 * train_sizes
     # the Parquet twin holds the same samples
-    for fold_dir in sorted(out.glob("fold*")):
-        table = pq.read_table(sorted(fold_dir.glob("parquet/*.parquet")))
+    for fold_dir in sorted(out.glob("fold=*")):
+        table = pq.read_table(sorted(fold_dir.glob("parquet/copy=*/*.parquet")))
         tars = {}
         for tar in sorted(fold_dir.glob("webdataset/*.tar")):
             tars |= _read_tar(tar)
@@ -167,10 +167,10 @@ def test_one_and_two_workers_same_bytes_and_resume(mixed, tmp_path):
     mix_offline(cfg1, RayConfig(workers=1))
     assert _files(out) == _files(tmp_path / "m1")
     # an interrupted run: one shard's done-file lost, another file half-written under a temp name
-    states = sorted((tmp_path / "m1").glob("fold*/_state/copy*.json"))
+    states = sorted((tmp_path / "m1").glob("fold=*/_state/copy*.json"))
     states[0].unlink()
-    (tmp_path / "m1/fold1/webdataset/copy0-000000.tar").unlink()
-    (tmp_path / "m1/fold1/webdataset/copy0-000000.tar.tmp").write_bytes(b"partial")
+    (tmp_path / "m1/fold=1/webdataset/copy0-000000.tar").unlink()
+    (tmp_path / "m1/fold=1/webdataset/copy0-000000.tar.tmp").write_bytes(b"partial")
     again = mix_offline(cfg1, RayConfig(workers=2))
     assert again.shards_resumed == len(states) - 1
     assert _files(out) == _files(tmp_path / "m1")

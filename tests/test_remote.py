@@ -82,7 +82,7 @@ def test_build_mix_verify_and_load_through_s3(s3, built, sample):
 
     mixed = _cli(["mix-offline", "--shards", uri, "--copies", "1", "--fold", "1", "--workers", "2"], s3)
     assert mixed["samples"] > 0 and mixed["out"] == uri + "/mixed"
-    assert json.loads(_objects(uri + "/mixed/fold1")["index.json"])["complete"]
+    assert json.loads(_objects(uri + "/mixed/fold=1")["index.json"])["complete"]
 
     from pipeline.verify import verify_shards
 

@@ -33,7 +33,7 @@ def test_clean_shards_verify(copy):
     report = verify_shards(copy)
     assert report.ok and report.samples == 2 * len(pq.read_table(copy / "clips.parquet").filter(
         pc.equal(pq.read_table(copy / "clips.parquet")["status"], "written")))
-    assert report.files == len(list(copy.glob("webdataset/*.tar"))) + len(list(copy.glob("parquet/*.parquet")))
+    assert report.files == len(list(copy.glob("webdataset/*.tar"))) + len(list(copy.glob("parquet/part=*/*.parquet")))
 
 
 def test_flipped_byte_caught_by_verify_and_loader(copy, ray_session):
@@ -64,8 +64,10 @@ def test_truncated_tar_caught_by_verify_and_loader(copy):
 def test_repair_rebuilds_only_the_damaged_shard(copy, built, ray_session):
     damaged = sorted(copy.glob("webdataset/part3-*.tar"))[0]
     _flip(damaged, 3000)
-    (copy / "parquet" / (damaged.stem + ".parquet")).unlink()
-    others = {p: p.stat().st_mtime_ns for p in copy.glob("*/*") if p.stem != damaged.stem and p.is_file()}
+    twin = copy / "parquet" / ("part=3/" + damaged.stem.split("-")[1] + ".parquet")
+    twin.unlink()
+    others = {p: p.stat().st_mtime_ns for p in [*copy.glob("*/*"), *copy.glob("parquet/*/*")]
+              if p.stem != damaged.stem and p != twin and p.is_file()}
     res = CliRunner().invoke(main, ["verify", str(copy), "--repair"])
     assert res.exit_code == 0, res.output
     assert f"repaired 1 shard(s): {damaged.stem}" in res.output and "OK" in res.output

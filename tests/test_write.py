@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import tarfile
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from pipeline.write import encode_sample, plan_shards, remove_temporaries, sample_nbytes, write_shard_files
+from pipeline.write import (
+    encode_sample,
+    idx_path,
+    mixed_dir,
+    plan_shards,
+    remove_temporaries,
+    sample_nbytes,
+    shard_path,
+    write_shard_files,
+)
 
 
 def _samples(n: int, t: int = 4, s: int = 16) -> list[dict]:
@@ -39,13 +51,13 @@ def test_tar_index_matches_wds2idx_and_reads_back(tmp_path):
     entries = write_shard_files(tmp_path, "part1-000000", 1, samples, ("webdataset", "parquet"))
     tar_path = tmp_path / "webdataset/part1-000000.tar"
     subprocess.run(["wds2idx", str(tar_path), str(tmp_path / "ref.idx")], check=True, capture_output=True)
-    assert (tmp_path / "ref.idx").read_text() == (tmp_path / "webdataset/part1-000000.idx").read_text()
+    assert (tmp_path / "ref.idx").read_text() == (tmp_path / "webdataset-idx/part1-000000.idx").read_text()
     with tarfile.open(tar_path) as tar:
         names = tar.getnames()
         assert names[:3] == ["00000.frames.npy", "00000.json", "00000.soft.npy"]
         frames = np.load(io.BytesIO(tar.extractfile("00003.frames.npy").read()), allow_pickle=False)
     assert np.array_equal(frames, np.load(io.BytesIO(samples[3]["frames.npy"]), allow_pickle=False))
-    table = pq.read_table(tmp_path / "parquet/part1-000000.parquet")
+    table = pq.read_table(tmp_path / "parquet/part=1/000000.parquet")
     assert table.column("clip_id").to_pylist() == [f"{i:05d}" for i in range(5)]
     assert table.column("frames")[3].as_py() == samples[3]["frames.npy"]
     assert {e["format"] for e in entries} == {"webdataset", "parquet"}
@@ -68,8 +80,56 @@ def test_temporaries_are_cleaned(tmp_path):
     (tmp_path / "_state").mkdir()
     (tmp_path / "_state/plan.json").write_text('{"config": {}, "shards": [{"name": "part1-000000", "part": 1}]}')
     (tmp_path / "webdataset").mkdir()
+    (tmp_path / "parquet/part=1").mkdir(parents=True)
     (tmp_path / "webdataset/part1-000000.tar.tmp").write_bytes(b"partial")
+    (tmp_path / "parquet/part=1/000000.parquet.tmp").write_bytes(b"partial")
     (tmp_path / "index.json.tmp").write_bytes(b"{")
     (tmp_path / "thesis.tmp").write_bytes(b"not ours")
-    assert remove_temporaries(tmp_path) == 2
+    assert remove_temporaries(tmp_path) == 3
     assert (tmp_path / "thesis.tmp").exists()
+
+
+def test_layout_paths(tmp_path):
+    """The layout every reader relies on: tars alone, .idx beside them, hive-style Parquet and mixed folds."""
+    assert shard_path("webdataset", "part3-000012") == "webdataset/part3-000012.tar"
+    assert idx_path("part3-000012") == "webdataset-idx/part3-000012.idx"
+    assert shard_path("parquet", "part3-000012") == "parquet/part=3/000012.parquet"
+    assert shard_path("parquet", "copy1-000002") == "parquet/copy=1/000002.parquet"
+    assert mixed_dir(tmp_path, 4) == tmp_path / "mixed/fold=4"
+    entries = write_shard_files(tmp_path, "part1-000000", 1, _samples(2), ("webdataset", "parquet"))
+    assert {e["path"] for e in entries} == {"webdataset/part1-000000.tar", "parquet/part=1/000000.parquet"}
+    assert [e["idx"]["path"] for e in entries if "idx" in e] == ["webdataset-idx/part1-000000.idx"]
+    assert sorted(p.name for p in (tmp_path / "webdataset").iterdir()) == ["part1-000000.tar"]
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_parquet_metadata_types_and_compression(tmp_path, codec):
+    """Key-value metadata says what frames holds; small columns are zstd by their real column
+    paths (list values included); frames uses the chosen codec and 64-bit offsets."""
+    classes = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
+    write_shard_files(tmp_path, "part2-000000", 2, _samples(3, t=4, s=16), ("parquet",), classes, codec)
+    pf = pq.ParquetFile(tmp_path / "parquet/part=2/000000.parquet")
+    meta = pf.schema_arrow.metadata
+    frames = json.loads(meta[b"midas.frames"])
+    assert frames | {"decode": ""} == {"encoding": "npy", "dtype": "uint8", "shape": [4, 16, 16, 3], "layout": "THWC",
+                                       "color": "RGB", "compression": codec, "decode": ""}
+    assert json.loads(meta[b"midas.classes"]) == list(classes)
+    assert json.loads(meta[b"midas.soft"])["classes"] == list(classes)
+    assert pf.schema_arrow.field("frames").type == pa.large_binary()
+    assert "part" not in pf.schema_arrow.names  # it is the hive folder: pyarrow refuses a column of the same name
+    rg = pf.metadata.row_group(0)
+    codecs = {rg.column(i).path_in_schema: rg.column(i).compression for i in range(rg.num_columns)}
+    assert codecs["votes.list.element"] == codecs["soft.list.element"] == "ZSTD"
+    assert codecs["key"] == codecs["json"] == codecs["label"] == "ZSTD"
+    assert codecs["frames"] == ("UNCOMPRESSED" if codec == "none" else "ZSTD")
+    table = pq.read_table(tmp_path / "parquet")  # the folder: hive partition `part` comes back
+    assert table.column("part").to_pylist() == [2, 2, 2]
+    cell = table.column("frames")[1].as_py()
+    assert np.load(io.BytesIO(cell), allow_pickle=False).shape == tuple(frames["shape"])
+
+
+def test_large_frames_column_has_64bit_offsets(tmp_path):
+    """Over 2 GiB of frames in one shard needs large_binary; check the written type holds int64 offsets."""
+    write_shard_files(tmp_path, "part1-000000", 1, _samples(2), ("parquet",))
+    col = pq.read_table(tmp_path / "parquet/part=1/000000.parquet").column("frames")
+    assert col.type == pa.large_binary() and col.chunk(0).buffers()[1].size == 8 * (len(col.chunk(0)) + 1)
