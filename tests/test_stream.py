@@ -280,3 +280,28 @@ def test_reader_and_thread_counts_are_sized_from_the_cpus_of_the_rank(built, mon
     loader = create_loader(str(built[0]), fold=1, batch_size=2, device="cpu")
     assert (loader.num_threads, loader.py_workers, loader.prefetch) == auto_workers(loader.cfg, "cpu")
     assert loader.pipe.num_threads == loader.num_threads and loader.pipe.py_num_workers == loader.py_workers
+
+
+def test_gpu_graph_debug_outputs_are_device_outputs():
+    """Without a GPU: lam and perm of the device="gpu" graph are GPU nodes, so torch never sees the
+    pinned CPU buffers DLPack refuses (`Unsupported device_type: 3`); on the CPU path they stay CPU."""
+    from nvidia.dali import fn, pipeline_def
+
+    from pipeline.stream import midas_graph
+
+    cfg = StreamConfig(shards="unused")
+    devices = {}
+    for device in ("gpu", "cpu"):
+
+        @pipeline_def(batch_size=4, num_threads=1, device_id=0)
+        def pipe(device=device):
+            x, y = fn.external_source(source=lambda: ([np.zeros((2, 8, 8, 3), np.uint8)] * 4,
+                                                      [np.full(7, 1 / 7, np.float32)] * 4), num_outputs=2,
+                                      layout=["FHWC", ""])
+            frames, soft, lam, perm = midas_graph(x, y, cfg, device, True, 8)
+            devices[device] = [n.device for n in (frames, soft, lam, perm)]
+            return frames, soft, lam, perm
+
+        pipe()._build_graph()
+    assert devices["gpu"] == ["gpu"] * 4
+    assert devices["cpu"] == ["cpu"] * 4
