@@ -320,7 +320,7 @@ class MidasLoader:
     def __iter__(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        self._check_not_empty()
+        self.check_not_empty()
         if self._it is None:
             self._it = DALIGenericIterator([self.pipe], self.output_map, last_batch_policy=LastBatchPolicy.PARTIAL,
                                            auto_reset=False, prepare_first_batch=False)
@@ -328,8 +328,9 @@ class MidasLoader:
             yield self._unpad(batch[0])  # one pipeline per rank
         self._it.reset()  # only after a whole epoch: a loop left early resumes where it stopped
 
-    def _check_not_empty(self) -> None:
-        """An epoch without a batch would make `while steps < n: for batch in loader` loop forever."""
+    def check_not_empty(self) -> None:
+        """ConfigError naming the split size when an epoch holds no batch (iterating calls it: an empty
+        epoch would make `while steps < n: for batch in loader` loop forever); call it to fail early."""
         if len(self):
             return
         cfg = self.cfg
@@ -354,7 +355,7 @@ class MidasLoader:
         return out
     def state_dict(self) -> dict[str, Any]:
         """Where the loader stands: the DALI checkpoint (source position, RNG states) and the config."""
-        self._check_not_empty()
+        self.check_not_empty()
         ckpt = self._it.checkpoints()[0] if self._it is not None else self.pipe.checkpoint()
         return {"checkpoint": ckpt, "config": dict(self.cfg.__dict__)}
 
