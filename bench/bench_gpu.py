@@ -15,7 +15,8 @@
 Batch 32 and 128 on a GPU. `--device cpu` runs a small version (batch 4 and 8, a few batches, model
 width 8) so tests run it. A shard set too small for the batch is read through a "repeated" view
 (an index.json listing every shard k times through symlinks) so epochs last long enough; nothing is
-copied. Prints one Markdown table and writes it to <out>/gpu.md. Imports neither decord nor ray.
+copied. Prints one Markdown table and writes it to <out>/gpu.md (scratch: --work, default a temp dir that
+is removed). Imports neither decord nor ray.
 """
 
 from __future__ import annotations
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--train-steps", type=int, default=0, help="batches per midas-train epoch (default 40 / 2)")
     ap.add_argument("--width", type=int, default=0, help="model width (default 64 GPU, 8 CPU)")
     ap.add_argument("--rows", default="abcde", help="which rows to run")
-    ap.add_argument("--out", default="bench/out")
+    ap.add_argument("--out", default="bench/out", help="gpu.md goes here")
+    ap.add_argument("--work", default="", help="scratch: repeated views, midas-train runs (default: a temp dir)")
     args = ap.parse_args(argv)
 
     import torch
@@ -288,13 +290,17 @@ def main(argv: list[str] | None = None) -> str:
     workers = _cpus()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_gpu_"))
+    work.mkdir(parents=True, exist_ok=True)
     shards = Path(args.shards)
     sample = open_index(shards)["sample"]
     t, s = int(sample["num_frames"]), int(sample["frame_size"])
     n_train = len(list_samples(StreamConfig(shards=str(shards), fold=1)))
     # enough samples for the longest row: (e)'s epoch of `steps` batches at the largest batch
     k = max(1, math.ceil(max(sizes) * max(steps, batches + 2) / n_train))
-    view = repeated_view(shards, k, out)
+    view = repeated_view(shards, k, work)
     if gpu:
         torch.backends.cudnn.benchmark = True
 
@@ -317,8 +323,8 @@ def main(argv: list[str] | None = None) -> str:
                 rows[r][b] = run_model(dev, b, batches, t, s, width)
             elif r == "e":
                 # an epoch of about `steps` batches: the loop reads the rest of an epoch after max_steps
-                rows[r][b] = run_train(repeated_view(shards, max(1, math.ceil(b * steps / n_train)), out), dev, b,
-                                       steps, width, out)
+                rows[r][b] = run_train(repeated_view(shards, max(1, math.ceil(b * steps / n_train)), work), dev, b,
+                                       steps, width, work)
             print(f"({r}) batch {b}: {rows[r][b]:.1f} clips/s ({time.perf_counter() - t0:.0f} s)", flush=True)
             if gpu:
                 torch.cuda.empty_cache()
@@ -338,6 +344,10 @@ def main(argv: list[str] | None = None) -> str:
     text = "\n".join(lines) + "\n"
     (out / "gpu.md").write_text(text)
     print(text)
+    if not args.work:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     return text
 
 

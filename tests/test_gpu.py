@@ -134,6 +134,7 @@ def test_bench_gpu_runs_on_the_cpu_without_ray_or_decord(built, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     table = (tmp_path / "gpu.md").read_text()
     assert table in r.stdout and "(cpu)" in table.splitlines()[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu.md"]  # scratch went to a temp dir
     for row in "abcde":
         line = next(ln for ln in table.splitlines() if ln.startswith(f"| ({row})"))
         rates = [float(v) for v in line.strip("|").split("|")[1:]]
