@@ -305,3 +305,19 @@ def test_gpu_graph_debug_outputs_are_device_outputs():
         pipe()._build_graph()
     assert devices["gpu"] == ["gpu"] * 4
     assert devices["cpu"] == ["cpu"] * 4
+
+
+def test_state_saved_at_the_end_of_an_epoch_restores_the_next_epoch(built):
+    """What midas-train saves: the state after a whole epoch; the restored loader's next epoch is the
+    same permutation (seed, epoch + 1), batches and draws as the original's."""
+    loader = MidasLoader(_cfg(built, fold=3, batch_size=3))
+    first = [b["sample"][:, 0].tolist() for b in loader]
+    state = loader.state_dict()
+    nxt = [(b["frames"].clone(), b["sample"].clone()) for b in loader]
+    again = [(b["frames"], b["sample"]) for b in MidasLoader.from_state_dict(state)]
+    n = len(loader.source.rank_order(1))
+    assert [i for ib in (s for _, s in nxt) for i in ib[:, 0].tolist()] == epoch_order(
+        len(loader.samples), 0, 1, True)[:n].tolist() != [i for b in first for i in b]
+    assert len(again) == len(nxt) > 0
+    for (fa, ia), (fb, ib) in zip(nxt, again, strict=True):
+        assert torch.equal(ia, ib) and torch.equal(fa, fb)
