@@ -6,6 +6,9 @@ fn.readers.webdataset reads tars in sequence and shuffles only inside a read-ahe
 buffer, so a batch would hold clips of one or two shards (one part); instead a parallel
 fn.external_source reads each sample at its .idx byte offsets (WebDataset) or its row
 group (Parquet), which gives a shuffle across all shards and parts with the same bytes.
+The source runs per sample, so one batch is read by all reader processes at once, `prefetch`
+batches ahead (a batch-mode source reads a whole batch in one process); reader and thread
+counts are sized from the CPUs of the rank (`auto_workers`).
 
 The graph. `midas_graph` is a plain function (tests run it over known inputs): a random
 resized crop and brightness/contrast jitter, one draw per clip (every frame alike), in
