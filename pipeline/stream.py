@@ -394,7 +394,8 @@ def bench_loader(cfg: StreamConfig, batches: int) -> dict[str, float]:
     dt = time.perf_counter() - (t0 or time.perf_counter())
     return {"batches": batches, "batch_size": cfg.batch_size, "clips": clips, "seconds": dt,
             "clips_per_s": clips / dt if dt else 0.0, "mb_per_s": nbytes / 1e6 / dt if dt else 0.0,
-            "device": loader.device}
+            "device": loader.device, "py_workers": loader.py_workers, "num_threads": loader.num_threads,
+            "prefetch": loader.prefetch}
 
 
 def create_loader(shards: str = "shards", fold: int = 1, split: str = "train", batch_size: int = 32,
