@@ -2,7 +2,8 @@
 
     python bench/bench_loader.py [--shards bench/out/shards_w2] [--batches 40]
 
-(a) midas-prep's DALI loader on the CPU (pipeline.stream, MIDAS in the graph, augmentation on)
+(a) midas-prep's DALI loader on the CPU (pipeline.stream, MIDAS in the graph, augmentation on, reader
+    processes and DALI threads sized from the machine: the defaults)
 (b) what public DFER repos do: a torch Dataset opening per-frame JPEG folders with PIL,
     DataLoader with 2 workers, augmentation and mixup in torch
 (c) webdataset + DataLoader (2 workers) + the same torch augmentation and mixup
@@ -128,8 +129,7 @@ def main() -> None:
     from pipeline.stream import bench_loader, list_samples
 
     shards = Path(args.shards)
-    cfg = StreamConfig(shards=str(shards), fold=1, batch_size=args.batch_size, device="cpu", py_workers=2,
-                       num_threads=2)
+    cfg = StreamConfig(shards=str(shards), fold=1, batch_size=args.batch_size, device="cpu")  # readers auto-sized
     train = list_samples(cfg)
     keys = [k for k, *_ in train]
     reader = SampleReader(shards, open_index(shards))

@@ -408,9 +408,12 @@ def inspect_cmd(shards: Path, png: Path, clips: int, seed: int, as_json: bool) -
 @click.option("--no-mix", is_flag=True, help="Turn MIDAS mixing off.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "webdataset", "parquet"]), default="auto",
               help="Shard format to read (auto: webdataset when present).")
+@click.option("--py-workers", type=int, default=0, help="Reader processes (0 = auto: from the CPUs available).")
+@click.option("--num-threads", type=int, default=0, help="DALI threads (0 = auto).")
+@click.option("--prefetch", type=int, default=0, help="Batches read ahead (0 = auto).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def bench_loader_cmd(shards: str, fold: int, device: str, batches: int, batch_size: int, no_mix: bool, fmt: str,
-                     as_json: bool) -> None:
+                     py_workers: int, num_threads: int, prefetch: int, as_json: bool) -> None:
     """Measure the DALI training loader (MIDAS on): clips/s and MB/s.
 
     \b
@@ -424,7 +427,7 @@ def bench_loader_cmd(shards: str, fold: int, device: str, batches: int, batch_si
 
     try:
         cfg = StreamConfig(shards=str(shards), fold=fold, device=device, batch_size=batch_size, mix=not no_mix,
-                           format=fmt)
+                           format=fmt, py_workers=py_workers, num_threads=num_threads, prefetch=prefetch)
         r = bench_loader(cfg, batches)
     except ConfigError as e:
         raise click.UsageError(str(e)) from e
@@ -434,7 +437,8 @@ def bench_loader_cmd(shards: str, fold: int, device: str, batches: int, batch_si
         click.echo(json.dumps(r, sort_keys=True))
     else:
         click.echo(f"bench-loader {shards} fold {fold} on {r['device']}: {r['clips']} clips in {r['seconds']:.2f} s"
-                   f" = {r['clips_per_s']:.1f} clips/s, {r['mb_per_s']:.1f} MB/s (batch {r['batch_size']})")
+                   f" = {r['clips_per_s']:.1f} clips/s, {r['mb_per_s']:.1f} MB/s (batch {r['batch_size']}, "
+                   f"{r['py_workers']} readers, {r['num_threads']} threads, {r['prefetch']} ahead)")
 
 
 @main.command("make-sample")

@@ -197,9 +197,9 @@ class StreamConfig:
     seed: int = 0  # epoch order = permutation(seed, epoch); DALI random ops seeded from it too
     last_batch: str = ""  # drop | partial ("" = drop in training, partial in evaluation)
     format: str = "auto"  # webdataset | parquet | auto (webdataset when present)
-    num_threads: int = 2  # DALI CPU threads
-    py_workers: int = 2  # processes reading samples for the external source
-    prefetch: int = 2  # batches read ahead
+    num_threads: int = 0  # DALI CPU threads (0 = auto: from the CPUs this rank may use)
+    py_workers: int = 0  # processes reading samples for the external source (0 = auto, likewise)
+    prefetch: int = 0  # batches read ahead (0 = auto: 4 on a GPU, 2 on the CPU)
     labels: str = "soft"  # soft: the vote histograms | onehot: one-hot of label (argmax of soft if -1), before mixing
     val_fraction: float = 0.0  # > 0: this fraction of the training parts' clips (seeded, by clip) is split "val"
     val_seed: int = 0  # seeds the choice of validation clips (with the fold)
@@ -224,7 +224,10 @@ class StreamConfig:
             raise ConfigError(f"stream.crop_area={self.crop_area!r}: expected 0 < lo <= hi <= 1")
         _check_range("stream.jitter", self.jitter, 0.0, 1.0)
         _check_choice("stream.crop_interp", self.crop_interp, ("linear", "nn"))
-        _check_range("stream.py_workers", self.py_workers, 1, 256)
+        _check_range("stream.py_workers", self.py_workers, 0, 256)
+        _check_range("stream.num_threads", self.num_threads, 0, 256)
+        _check_range("stream.prefetch", self.prefetch, 0, 64)
+        _check_choice("stream.labels", self.labels, ("soft", "onehot"))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ fn.readers.webdataset reads tars in sequence and shuffles only inside a read-ahe
 buffer, so a batch would hold clips of one or two shards (one part); instead a parallel
 fn.external_source reads each sample at its .idx byte offsets (WebDataset) or its row
 group (Parquet), which gives a shuffle across all shards and parts with the same bytes.
+The source runs per sample, so one batch is read by all reader processes at once, `prefetch`
+batches ahead (a batch-mode source reads a whole batch in one process); reader and thread
+counts are sized from the CPUs of the rank (`auto_workers`).
 
 The graph. `midas_graph` is a plain function (tests run it over known inputs): a random
 resized crop and brightness/contrast jitter, one draw per clip (every frame alike), in
@@ -31,21 +34,33 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.config import StreamConfig
+from pipeline.config import ConfigError, StreamConfig
 from pipeline.read import ShardError, check_files, load_idx, open_index, read_sample, sample_spec
 from pipeline.remote import is_remote, local_dir, pull
 from pipeline.write import INDEX_NAME, entry_files, mixed_dir, mixed_rel
 
 __all__ = ["list_samples", "choose_val_clips", "epoch_order", "ShardSource", "midas_graph", "create_loader",
-           "MidasLoader", "resolve_device", "bench_loader"]
+           "MidasLoader", "resolve_device", "auto_workers", "bench_loader"]
 
 logger = logging.getLogger(__name__)
+# How reader processes start: "auto" spawns them for a GPU loader or once CUDA is initialised in this
+# process (DALI refuses to fork then), and forks them otherwise (spawning costs ~1-3 s a loader).
+_START_METHOD = "auto"
+
+
+def _start_method(device: str) -> str:
+    if _START_METHOD != "auto":
+        return _START_METHOD
+    from nvidia.dali import backend
+
+    return "spawn" if device == "gpu" or backend.IsDriverInitialized() else "fork"
 
 
 def resolve_device(device: str) -> str:
@@ -175,12 +190,41 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-class ShardSource:
-    """Batch-mode callable for a parallel fn.external_source; pickled into the reader workers.
+def _cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which cgroups and launchers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
-    Batch b of epoch e holds samples order[rank][b*N : (b+1)*N] where order[rank] is this
-    rank's slice of epoch_order(...). Raises StopIteration at the end of the epoch (after
-    a partial last batch unless drop_last).
+
+def auto_workers(cfg: StreamConfig, device: str) -> tuple[int, int, int]:
+    """(num_threads, py_workers, prefetch) for this rank; a config value of 0 means "size it from the machine".
+
+    The CPUs of a node are shared by its LOCAL_WORLD_SIZE ranks, unless the launcher already
+    bound each rank to its own subset. On a GPU the DALI threads have little to do (random
+    draws, the permutation) and the reader processes are the work; on the CPU the DALI
+    threads run the augmentation and mixing, the readers only read and check the bytes.
+    """
+    cpus, local = _cpus(), max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    bound = local > 1 and cpus * local <= (os.cpu_count() or cpus)
+    per_rank = cpus if bound else max(1, cpus // local)
+    if device == "gpu":
+        threads, workers, prefetch = min(4, per_rank), max(1, per_rank - 2), 4
+    else:
+        threads, workers, prefetch = per_rank, max(1, per_rank // 2), 2
+    return cfg.num_threads or threads, cfg.py_workers or workers, cfg.prefetch or prefetch
+
+
+class ShardSource:
+    """Per-sample callable for a parallel fn.external_source; pickled into the reader processes.
+
+    Sample j of batch b of epoch e is order[rank][b*N + j] where order[rank] is this rank's
+    slice of epoch_order(...), so each batch is spread over every reader process. Raises
+    StopIteration for every sample past the epoch's last batch. DALI's per-sample mode only
+    delivers whole batches, so a partial last batch (unless drop_last) is padded by repeating
+    its own samples, flagged in the third column of the index output; MidasLoader cuts the
+    padding off (mixing partners inside the padding are copies of real members of the batch).
     """
 
     def __init__(self, samples: list[tuple[str, str, str, Any]], batch_size: int, seed: int, shuffle: bool,
@@ -193,6 +237,7 @@ class ShardSource:
         self.seed, self.shuffle = seed, shuffle
         self.shard_id, self.num_shards = shard_id, num_shards
         self.drop_last = drop_last
+        self.labels = labels
         self._files: dict[str, Any] = {}
         self._order: tuple[int, np.ndarray] | None = None
 
@@ -208,36 +253,47 @@ class ShardSource:
             self._order = (epoch, order)
         return self._order[1]
 
+    def rank_samples(self) -> int:
+        """Samples in this rank's slice of an epoch (before batching)."""
+        if self.drop_last:
+            return len(self.samples) // self.num_shards
+        return len(range(self.shard_id, len(self.samples), self.num_shards))
+
     def batches_per_epoch(self) -> int:
         if self.drop_last:
-            return len(self.samples) // self.num_shards // self.batch_size
-        return -(-len(range(self.shard_id, len(self.samples), self.num_shards)) // self.batch_size)
+            return self.rank_samples() // self.batch_size
+        return -(-self.rank_samples() // self.batch_size)
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """Sample i: (frames uint8 T x H x W x 3, soft float32 [C], json); no unpickling."""
+        """Sample i: (frames uint8 T x H x W x 3, label float32 [C], json); no unpickling.
+
+        The label is the soft vote histogram, or with labels="onehot" the one-hot of the clip's
+        label (of the histogram's argmax when the clip has none), before any mixing."""
         key, fmt, path, where = self.samples[i]
         name = f"{path} sample {key}" if fmt == "webdataset" else f"{path} row {where}"
         frames, soft, meta = read_sample(self._files, fmt, path, where, name, self.spec)
-        if self.labels == "onehot":  # before mixing: mixup mixes one-hot targets
+        if self.labels == "onehot":
             label = int(meta.get("label", -1))
-            soft = np.eye(len(soft), dtype=np.float32)[label if label >= 0 else int(np.argmax(soft))]
+            hot = np.zeros_like(soft)
+            hot[label if 0 <= label < len(soft) else int(np.argmax(soft))] = 1.0
+            soft = hot
         return frames, soft, meta
 
-    def __call__(self, info: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-        """Batch `info.iteration` of epoch `info.epoch_idx`: (frames, soft, [sample position, label])."""
+    def __call__(self, info: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sample `info.idx_in_batch` of batch `info.iteration` of epoch `info.epoch_idx`:
+        (frames, label, [sample position, hard label, 1 if padding else 0])."""
+        if info.iteration >= self.batches_per_epoch():
+            raise StopIteration
         order = self.rank_order(info.epoch_idx)
         lo = info.iteration * self.batch_size
-        hi = min(lo + self.batch_size, len(order))
-        if lo >= len(order) or (self.drop_last and hi - lo < self.batch_size):
-            raise StopIteration
-        frames, soft, index = [], [], []
-        for i in order[lo:hi]:
-            x, y, meta = self.read(int(i))
-            frames.append(x)
-            soft.append(y)
-            # position in list_samples (for audits and tests) and the hard label (-1 = none)
-            index.append(np.array([i, meta.get("label", -1)], dtype=np.int64))
-        return frames, soft, index
+        pos = lo + info.idx_in_batch
+        pad = pos >= len(order)
+        if pad:  # partial last batch: repeat its own samples
+            pos = lo + (pos - lo) % (len(order) - lo)
+        i = int(order[pos])
+        x, y, meta = self.read(i)
+        # position in list_samples (for audits and tests), the hard label (-1 = none), the padding flag
+        return x, y, np.array([i, meta.get("label", -1), int(pad)], dtype=np.int64)
 
 
 def midas_graph(frames: Any, soft: Any, cfg: StreamConfig, device: str, training: bool,
@@ -245,9 +301,9 @@ def midas_graph(frames: Any, soft: Any, cfg: StreamConfig, device: str, training
     """The training graph over a batch of uint8 FHWC clips and float32 soft labels.
 
     Returns (frames float N x C x T x H x W normalised, soft, lam, perm); lam and perm are
-    None in evaluation, which neither mixes nor augments. Crop and brightness/contrast are
-    drawn per source clip and stay in uint8 (a quarter of the memory traffic of float), as
-    timm applies Mixup to an already augmented batch; the mirror flip is drawn per mixed
+    None in evaluation, which neither mixes nor augments, and on the device with device="gpu".
+    Crop and brightness/contrast are drawn per source clip and stay in uint8 (a quarter of the
+    memory traffic of float), as timm applies Mixup to an already augmented batch; the mirror flip is drawn per mixed
     sample inside crop_mirror_normalize, which also normalises and transposes in one pass.
     """
     from nvidia.dali import fn, types
@@ -273,6 +329,8 @@ def midas_graph(frames: Any, soft: Any, cfg: StreamConfig, device: str, training
         lam_d = lam.gpu() if device == "gpu" else lam
         x = lam_d * x + (1.0 - lam_d) * fn.permute_batch(x, indices=perm)  # uint8 in, float32 out
         soft = lam_d * soft + (1.0 - lam_d) * fn.permute_batch(soft, indices=perm)
+        if device == "gpu":  # debug outputs on the device: DALI pins lam (it feeds .gpu()), which DLPack refuses
+            lam, perm = lam_d, perm.gpu()
     mean = [255.0 * m for m in cfg.mean]
     std = [255.0 * s for s in cfg.std]
     mirror = fn.random.coin_flip() if training and cfg.augment else 0
@@ -285,7 +343,10 @@ class MidasLoader:
     "sample": N x 2 int64 (position in list_samples, hard label or -1)} as torch tensors.
 
     One `for` loop = one epoch; a loop left early continues where it stopped. `state_dict()`
-    and `MidasLoader.from_state_dict(state)` resume inside an epoch."""
+    and `MidasLoader.from_state_dict(state)` resume inside an epoch. The reader processes are
+    spawned, not forked, so loaders can be made after CUDA is initialised (a model already on
+    the GPU, a GPU pipeline already built), several in one process; a script that makes one
+    needs the usual `if __name__ == "__main__":` guard."""
 
     def __init__(self, cfg: StreamConfig, checkpoint: str | None = None, _debug_outputs: bool = False) -> None:
         self.cfg = cfg
@@ -295,24 +356,30 @@ class MidasLoader:
         self.samples = list_samples(cfg)
         index = open_index(local_dir(cfg.shards))
         self.frame_size = int(index["sample"]["frame_size"])
+        self.num_threads, self.py_workers, self.prefetch = auto_workers(cfg, self.device)
         self._it: Any = None
         self.source = ShardSource(self.samples, cfg.batch_size, cfg.seed, self.training, cfg.shard_id,
                                   cfg.num_shards, drop, cfg.labels, spec=sample_spec(index))
         self._debug = _debug_outputs
-        self._build(checkpoint)
+        self.pipe: Any = None
+        if len(self):  # an empty epoch is an error when iterated (a loader made only to list samples is fine)
+            self._build(checkpoint)
 
     def _build(self, checkpoint: str | None) -> None:
         from nvidia.dali import fn, pipeline_def
 
         cfg, device, training, debug = self.cfg, self.device, self.training, self._debug
+        index = open_index(local_dir(cfg.shards))["sample"]
+        clip_bytes = int(index.get("num_frames", 16)) * self.frame_size**2 * 3
 
-        @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
+        @pipeline_def(batch_size=cfg.batch_size, num_threads=self.num_threads,
                       device_id=cfg.device_id if device == "gpu" else None, seed=cfg.seed + 7919 * cfg.shard_id,
-                      py_num_workers=cfg.py_workers, py_start_method="fork", prefetch_queue_depth=cfg.prefetch,
-                      enable_checkpointing=True)
+                      py_num_workers=self.py_workers, py_start_method=_start_method(device),
+                      prefetch_queue_depth=self.prefetch, enable_checkpointing=True)
         def pipe():  # noqa: ANN202 - DALI graph
-            frames, soft, idx = fn.external_source(source=self.source, num_outputs=3, batch=True, batch_info=True,
-                                                   parallel=True, layout=["FHWC", "", ""])
+            frames, soft, idx = fn.external_source(source=self.source, num_outputs=3, batch=False, parallel=True,
+                                                   prefetch_queue_depth=self.prefetch, layout=["FHWC", "", ""],
+                                                   bytes_per_sample_hint=clip_bytes + 4096)
             x, y, lam, perm = midas_graph(frames, soft, cfg, device, training, self.frame_size)
             if not debug:
                 return x, y, idx
@@ -328,15 +395,42 @@ class MidasLoader:
     def __iter__(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+        self.check_not_empty()
         if self._it is None:
             self._it = DALIGenericIterator([self.pipe], self.output_map, last_batch_policy=LastBatchPolicy.PARTIAL,
                                            auto_reset=False, prepare_first_batch=False)
         for batch in self._it:
-            yield batch[0]  # one pipeline per rank
+            yield self._unpad(batch[0])  # one pipeline per rank
         self._it.reset()  # only after a whole epoch: a loop left early resumes where it stopped
 
+    def check_not_empty(self) -> None:
+        """ConfigError naming the split size when an epoch holds no batch (iterating calls it: an empty
+        epoch would make `while steps < n: for batch in loader` loop forever); call it to fail early."""
+        if len(self):
+            return
+        cfg = self.cfg
+        rank = (f" ({self.source.rank_samples()} on rank {cfg.shard_id} of {cfg.num_shards})"
+                if cfg.num_shards > 1 else "")
+        drop = self.source.drop_last
+        raise ConfigError(
+            f"{cfg.shards}: the fold {cfg.fold} {cfg.split} split has {len(self.samples)} samples{rank}, fewer than "
+            f"one batch of {cfg.batch_size}" + (": lower the batch size or set last_batch=partial" if drop else ""))
+
+    def _unpad(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Cut the padding of a partial last batch off; "sample" keeps (position, hard label)."""
+        idx = batch["sample"]
+        if int(idx[-1, 2]) == 0:  # padding only ever sits at the end of the last batch
+            batch["sample"] = idx[:, :2]
+            return batch
+        n = int((idx[:, 2] == 0).sum())
+        out = {k: v[:n] for k, v in batch.items()}
+        out["sample"] = idx[:n, :2]
+        if "perm" in out and self.training and self.cfg.mix:  # a partner in the padding is a copy of row j % n
+            out["perm"] = out["perm"] % n
+        return out
     def state_dict(self) -> dict[str, Any]:
         """Where the loader stands: the DALI checkpoint (source position, RNG states) and the config."""
+        self.check_not_empty()
         ckpt = self._it.checkpoints()[0] if self._it is not None else self.pipe.checkpoint()
         return {"checkpoint": ckpt, "config": dict(self.cfg.__dict__)}
 
@@ -372,7 +466,8 @@ def bench_loader(cfg: StreamConfig, batches: int) -> dict[str, float]:
     dt = time.perf_counter() - (t0 or time.perf_counter())
     return {"batches": batches, "batch_size": cfg.batch_size, "clips": clips, "seconds": dt,
             "clips_per_s": clips / dt if dt else 0.0, "mb_per_s": nbytes / 1e6 / dt if dt else 0.0,
-            "device": loader.device}
+            "device": loader.device, "py_workers": loader.py_workers, "num_threads": loader.num_threads,
+            "prefetch": loader.prefetch}
 
 
 def create_loader(shards: str = "shards", fold: int = 1, split: str = "train", batch_size: int = 32,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,139 @@ def test_gpu_graph_uses_only_operators_with_gpu_backends():
     assert on_gpu <= set(_registry.gpu_ops())
     assert on_cpu <= {"ExternalSource", "random__Beta", "BatchPermutation", "random__Uniform", "random__CoinFlip"}
     assert not {"random__Beta", "BatchPermutation"} & set(_registry.gpu_ops())  # why they stay on the CPU
+
+
+def test_a_split_smaller_than_the_batch_is_one_partial_batch_or_a_clear_error(built):
+    """Issue 12: fold 1 of the 24-clip build with batch 32 hung forever; now one partial batch
+    in evaluation, a partial mixed batch in training with last_batch=partial, else an error."""
+    test = create_loader(str(built[0]), fold=1, split="test", batch_size=32, device="cpu", py_workers=1)
+    batches = [b for b in test]
+    assert len(batches) == len(test) == 1 and len(batches[0]["sample"]) == len(test.samples) < 32
+    assert sorted(batches[0]["sample"][:, 0].tolist()) == list(range(len(test.samples)))
+    train = MidasLoader(_cfg(built, batch_size=32, augment=False, last_batch="partial"), _debug_outputs=True)
+    (batch,) = list(train)
+    n = len(train.samples)
+    assert n < 32 and batch["frames"].shape[0] == batch["soft"].shape[0] == batch["lam"].shape[0] == n
+    assert sorted(batch["sample"][:, 0].tolist()) == list(range(n))
+    src = [train.source.read(i) for i in batch["sample"][:, 0].tolist()]
+    x = np.stack([s[0] for s in src]).astype(np.float64)
+    lam, perm = batch["lam"].numpy().reshape(-1), batch["perm"].numpy().reshape(-1)
+    assert perm.max() < n  # partners in the padding are copies of real rows
+    out = _unnormalise(batch["frames"])
+    for i in range(n):
+        assert np.abs(out[i] - (lam[i] * x[i] + (1 - lam[i]) * x[perm[i]])).max() < 0.05
+    drop = create_loader(str(built[0]), fold=1, batch_size=32, device="cpu", py_workers=1)
+    with pytest.raises(ValueError, match=rf"fold 1 train split has {n} samples, fewer than one batch of 32"):
+        next(iter(drop))
+
+
+def test_bench_loader_cli_on_a_split_smaller_than_the_batch_ends_with_one_clear_line(built):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "pipeline.cli", "bench-loader", str(built[0]), "--device", "cpu", "--batches", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # it used to hang forever
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "fewer than one batch of 32" in r.stderr and "lower the batch size" in r.stderr
+
+
+def test_two_loaders_in_one_process_interleave_and_spawned_readers_match_forked(built, monkeypatch):
+    import pipeline.stream as stream
+
+    def epoch(loader):
+        return [(b["frames"].clone(), b["soft"].clone(), b["sample"].clone()) for b in loader]
+
+    cfg = _cfg(built, batch_size=3, py_workers=2)
+    forked = epoch(MidasLoader(cfg))
+    monkeypatch.setattr(stream, "_START_METHOD", "spawn")  # what a GPU loader (or one after CUDA init) uses
+    train, test = MidasLoader(cfg), MidasLoader(replace(cfg, split="test", fold=2))
+    got, seen = [], []
+    it_train, it_test = iter(train), iter(test)
+    for b in it_train:  # both loaders alive and iterated in turn
+        got.append((b["frames"].clone(), b["soft"].clone(), b["sample"].clone()))
+        t = next(it_test, None)
+        if t is not None:
+            seen += t["sample"][:, 0].tolist()
+    seen += [i for t in it_test for i in t["sample"][:, 0].tolist()]
+    assert sorted(seen) == list(range(len(test.samples)))
+    assert len(got) == len(forked) > 1
+    for (fa, sa, ia), (fb, sb, ib) in zip(forked, got, strict=True):
+        assert torch.equal(ia, ib) and torch.equal(sa, sb) and torch.equal(fa, fb)
+
+
+def test_onehot_labels_replace_the_soft_label_before_mixing(built):
+    from pipeline.stream import ShardSource
+
+    test = create_loader(str(built[0]), fold=2, split="test", batch_size=4, device="cpu", py_workers=1,
+                         labels="onehot")
+    soft = ShardSource(test.samples, 4, 0, False, 0, 1, False)  # the same samples with their vote histograms
+    for b in test:
+        for y, (i, label) in zip(b["soft"], b["sample"].tolist(), strict=True):
+            hot = np.zeros(len(y), np.float32)
+            hot[label if label >= 0 else int(np.argmax(soft.read(i)[1]))] = 1
+            assert np.array_equal(y.numpy(), hot)
+    train = MidasLoader(_cfg(built, labels="onehot", augment=False), _debug_outputs=True)
+    for b in train:
+        lam, perm = b["lam"].numpy().reshape(-1), b["perm"].numpy().reshape(-1)
+        y = np.stack([train.source.read(i)[1] for i in b["sample"][:, 0].tolist()])
+        assert ((y == 0) | (y == 1)).all() and (y.sum(1) == 1).all()
+        assert np.allclose(b["soft"].numpy(), lam[:, None] * y + (1 - lam[:, None]) * y[perm], atol=1e-6)
+
+
+def test_reader_and_thread_counts_are_sized_from_the_cpus_of_the_rank(built, monkeypatch):
+    from pipeline.stream import _cpus, auto_workers
+
+    cpus = _cpus()
+    cfg = StreamConfig(shards="unused")
+    assert cfg.num_threads == cfg.py_workers == cfg.prefetch == 0  # 0 = auto
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert auto_workers(cfg, "cpu") == (cpus, max(1, cpus // 2), 2)
+    assert auto_workers(cfg, "gpu") == (min(4, cpus), max(1, cpus - 2), 4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cpus))  # more ranks than CPUs: still one of each
+    assert auto_workers(cfg, "cpu") == (1, 1, 2)
+    assert auto_workers(replace(cfg, num_threads=3, py_workers=5, prefetch=1), "gpu") == (3, 5, 1)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    loader = create_loader(str(built[0]), fold=1, batch_size=2, device="cpu")
+    assert (loader.num_threads, loader.py_workers, loader.prefetch) == auto_workers(loader.cfg, "cpu")
+    assert loader.pipe.num_threads == loader.num_threads and loader.pipe.py_num_workers == loader.py_workers
+
+
+def test_gpu_graph_debug_outputs_are_device_outputs():
+    """Without a GPU: lam and perm of the device="gpu" graph are GPU nodes, so torch never sees the
+    pinned CPU buffers DLPack refuses (`Unsupported device_type: 3`); on the CPU path they stay CPU."""
+    from nvidia.dali import fn, pipeline_def
+
+    from pipeline.stream import midas_graph
+
+    cfg = StreamConfig(shards="unused")
+    devices = {}
+    for device in ("gpu", "cpu"):
+
+        @pipeline_def(batch_size=4, num_threads=1, device_id=0)
+        def pipe(device=device):
+            x, y = fn.external_source(source=lambda: ([np.zeros((2, 8, 8, 3), np.uint8)] * 4,
+                                                      [np.full(7, 1 / 7, np.float32)] * 4), num_outputs=2,
+                                      layout=["FHWC", ""])
+            frames, soft, lam, perm = midas_graph(x, y, cfg, device, True, 8)
+            devices[device] = [n.device for n in (frames, soft, lam, perm)]
+            return frames, soft, lam, perm
+
+        pipe()._build_graph()
+    assert devices["gpu"] == ["gpu"] * 4
+    assert devices["cpu"] == ["cpu"] * 4
+
+
+def test_state_saved_at_the_end_of_an_epoch_restores_the_next_epoch(built):
+    """What midas-train saves: the state after a whole epoch; the restored loader's next epoch is the
+    same permutation (seed, epoch + 1), batches and draws as the original's."""
+    loader = MidasLoader(_cfg(built, fold=3, batch_size=3))
+    first = [b["sample"][:, 0].tolist() for b in loader]
+    state = loader.state_dict()
+    nxt = [(b["frames"].clone(), b["sample"].clone()) for b in loader]
+    again = [(b["frames"], b["sample"]) for b in MidasLoader.from_state_dict(state)]
+    n = len(loader.source.rank_order(1))
+    assert [i for ib in (s for _, s in nxt) for i in ib[:, 0].tolist()] == epoch_order(
+        len(loader.samples), 0, 1, True)[:n].tolist() != [i for b in first for i in b]
+    assert len(again) == len(nxt) > 0
+    for (fa, ia), (fb, ib) in zip(nxt, again, strict=True):
+        assert torch.equal(ia, ib) and torch.equal(fa, fb)

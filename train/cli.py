@@ -31,7 +31,7 @@ from pipeline.read import ShardError
               "not mixed) | none (one-hot, not mixed); a comma list runs each arm, e.g. midas,mixup,soft,none.")
 @click.option("--mix/--no-mix", default=None, help="Old spelling: --mix = --mix-mode midas, --no-mix = soft.")
 @click.option("--alpha", type=float, help="lam ~ Beta(alpha, alpha) (default 0.8).")
-@click.option("--offline-mixed", is_flag=True, default=None, help="Add shards/mixed/foldK to the training data.")
+@click.option("--offline-mixed", is_flag=True, default=None, help="Add shards/mixed/fold=K to the training data.")
 @click.option("--val-fraction", type=float, help="Hold out this fraction of the training clips (seeded, by clip); "
               "its UAR chooses the reported epoch (default 0: the last epoch is the result).")
 @click.option("--pretrained", help="A local state dict to start from.")
