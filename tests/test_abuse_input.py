@@ -409,7 +409,7 @@ def test_odd_clip_ids_verify_mix_read_and_stream(odd_build):
     mix_offline(MixConfig(shards=str(out), fold=1, copies=1), RayConfig(workers=1))
     report = verify_shards(out)  # the mixed fold too
     assert report.problems == [] and any("mixed" in i for i in report.indexes)
-    mdir = out / "mixed" / "fold1"
+    mdir = out / "mixed" / "fold=1"
     mreader = SampleReader(mdir, json.loads((mdir / "index.json").read_text()))
     try:
         keys = mreader.keys()

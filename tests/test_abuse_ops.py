@@ -285,7 +285,7 @@ def test_repair_finds_the_dataset_by_its_absolute_path_and_deletes_nothing_when_
 
 
 def test_a_garbled_idx_is_regenerated_from_its_tar(copy, built):
-    idx = sorted(copy.glob("webdataset/*.idx"))[1]
+    idx = sorted(copy.glob("webdataset-idx/*.idx"))[1]
     idx.write_bytes(b"v1.2 3\nframes.npy zz\n")
     res = CliRunner().invoke(main, ["verify", str(copy)])
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit)  # an answer, not a traceback

@@ -197,4 +197,4 @@ def test_readme_newcomer_sequence_prints_no_warning_and_no_traceback(tmp_path):
     assert "rejected          2 at align (no face), 1 at decode (truncated or corrupt file)" in out["build-shards"]
     assert "formats           webdataset, parquet" in out["build-shards dry"]
     assert "rejected: 2 at align (no face), 1 at decode (truncated or corrupt file)" in out["inspect"]
-    assert (tmp_path / "shards/mixed/fold1/index.json").is_file() and (tmp_path / "inspect-stats.png").is_file()
+    assert (tmp_path / "shards/mixed/fold=1/index.json").is_file() and (tmp_path / "inspect-stats.png").is_file()
