@@ -32,6 +32,7 @@ pipeline from it, so a restored loader continues the epoch with the same batches
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -386,7 +387,16 @@ class MidasLoader:
             return x, y, idx, lam if lam is not None else idx, perm if perm is not None else idx
 
         self.pipe = pipe(checkpoint=checkpoint) if checkpoint else pipe()
-        self.pipe.build()
+        # build() forks the reader processes. A forked reader inherits every object of this process, and
+        # a cycle collection there would run the __del__ of an old, unreferenced DALI pipeline, which
+        # waits forever for threads the child does not have: collect first, then freeze what is left so
+        # a reader's collector never looks at the parent's objects.
+        gc.collect()
+        gc.freeze()
+        try:
+            self.pipe.build()
+        finally:
+            gc.unfreeze()
         self.output_map = ["frames", "soft", "sample"] + (["lam", "perm"] if debug else [])
 
     def __len__(self) -> int:

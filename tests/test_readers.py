@@ -238,7 +238,7 @@ def test_garbled_idx_is_named_with_the_fix_and_repaired(copy, ray_session):
     with pytest.raises(ShardError, match=rf"{idx_file.name}"):
         list_samples(StreamConfig(shards=str(copy), fold=1, split="test", device="cpu"))
     res = CliRunner().invoke(main, ["verify", str(copy), "--repair"])
-    assert res.exit_code == 0 and f"repaired 1 shard(s): {entry['shard']}" in res.output, res.output
+    assert res.exit_code == 0 and "repaired 1 shard(s)" in res.output and entry["shard"] in res.output, res.output
     assert verify_shards(copy).ok
 
 
