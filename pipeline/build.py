@@ -300,6 +300,7 @@ def build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | Non
     `on_progress(done, total)` is called as clips finish. Raises LayoutError or BuildError
     (fatal); per-clip failures end in rejects.parquet.
     """
+    _check_writable(local_dir(cfg.write.out))  # before the lock file, so the message says what is wrong
     try:
         with hold_output(local_dir(cfg.write.out)):
             return _build_shards(cfg, on_progress)

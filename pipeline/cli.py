@@ -459,7 +459,7 @@ def make_sample_cmd(directory: Path, clips: int, seed: int, frames: bool, as_jso
 
     if clips < MIN_CLIPS:
         raise click.UsageError(f"--clips {clips}: need at least {MIN_CLIPS} clips (2 without a face, 1 corrupt, "
-                               "3 with fixed roles)")
+                               "3 with fixed roles, and one single-labelled clip per test fold)")
     bar = _bar(clips, "make-sample")
     try:
         s = make_sample(directory, clips=clips, seed=seed, with_frames=frames, progress=lambda n: bar.update(1))

@@ -292,8 +292,8 @@ def test_a_garbled_idx_is_regenerated_from_its_tar(copy, built):
     assert f"PROBLEM {idx}: unreadable DALI index" in res.output
     res = CliRunner().invoke(main, ["verify", str(copy), "--repair"])
     assert res.exit_code == 0, res.output
-    assert f"webdataset/{idx.name}" in res.output and "OK" in res.output
-    assert idx.read_bytes() == (built[0] / "webdataset" / idx.name).read_bytes()
+    assert f"webdataset-idx/{idx.name}" in res.output and "OK" in res.output
+    assert idx.read_bytes() == (built[0] / "webdataset-idx" / idx.name).read_bytes()
 
 
 def test_an_unreadable_index_json_is_named_and_rewritten_from_state(copy, built, ray_session):
@@ -324,7 +324,7 @@ def test_repair_of_mixed_shards_checks_the_source_first(copy, ray_session):
     mix_offline(MixConfig(shards=str(copy), fold=3, shard_size_mb=1.0), RayConfig(workers=2))
     mixed_tar = sorted((copy / "mixed").rglob("*.tar"))[0]
     mixed_tar.write_bytes(mixed_tar.read_bytes()[:2048])
-    src = sorted(copy.glob("parquet/*.parquet"))[0]
+    src = sorted(copy.glob("parquet/part=*/*.parquet"))[0]
     src.write_bytes(src.read_bytes()[:100])  # a damaged source shard: repaired first, then the mixed one
     res = CliRunner().invoke(main, ["verify", str(copy), "--repair"])
     assert res.exit_code == 0, res.output

@@ -214,7 +214,7 @@ def test_same_seed_same_bytes(built) -> None:
 
 def test_without_frames_and_min_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        make_sample(tmp_path / "tiny", clips=5)
-    s = make_sample(tmp_path / "noframes", clips=6, seed=3, with_frames=False, workers=1)
+        make_sample(tmp_path / "tiny", clips=6)
+    s = make_sample(tmp_path / "noframes", clips=7, seed=3, with_frames=False, workers=1)
     assert not (s.root / "Clip" / "clip_224x224").exists()
-    assert len(list((s.root / "Clip" / "original").glob("*.mp4"))) == 6
+    assert len(list((s.root / "Clip" / "original").glob("*.mp4"))) == 7
