@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.write import FORMAT_VERSION, INDEX_NAME, MIXED_DIR, npy_bytes
+from pipeline.write import FORMAT_VERSION, INDEX_NAME, MIXED_DIR, npy_bytes, read_index
 
 __all__ = ["ShardError", "load_index", "open_index", "check_files", "SampleReader", "parse_idx", "load_idx",
            "sample_spec", "check_arrays", "decode_members", "decode_parquet_row", "read_sample", "MEMBERS"]
@@ -46,15 +46,9 @@ def load_index(root: str | Path) -> dict[str, Any] | None:
     when it is not JSON or was written by another format version."""
     root = Path(root)
     path = root / INDEX_NAME
-    if not path.is_file():
+    index = read_index(root, f"re-run {_remedy(root)}: it resumes, keeps the finished shards and rewrites index.json")
+    if index is None:
         return None
-    try:
-        index = json.loads(path.read_text())
-        if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
-            raise ValueError("no shard list")
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ShardError(f"{path} is not a valid index ({e}); re-run {_remedy(root)}: it resumes, keeps the "
-                         "finished shards and rewrites index.json") from None
     version = index.get("format_version")
     if version != FORMAT_VERSION:
         raise ShardError(f"{path} is format version {version}; this midas-prep reads version {FORMAT_VERSION} "

@@ -36,6 +36,7 @@ from pipeline.write import (
     MIXED_DIR,
     STATE_DIR,
     entry_files,
+    json_or_none,
     mixed_indexes,
     read_index,
     shard_files,
@@ -75,18 +76,11 @@ UNREADABLE_INDEX = "unreadable index.json"
 
 def _rebuild_command(shards: Path, root: Path) -> str:
     """The command that rebuilds the output at `root` from scratch (its index.json is lost)."""
-    plan = _json(root / STATE_DIR / "plan.json") or {}
+    plan = json_or_none(root / STATE_DIR / "plan.json") or {}
     if root == shards:
         dataset = (plan.get("config") or {}).get("dataset_root", "DATASET")
         return f"`midas-prep build-shards {dataset} --out {root} --overwrite` (with the build's options)"
     return f"`midas-prep mix-offline --shards {shards} --out {root.parent} --overwrite` (with the mix's options)"
-
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _indexes(shards: Path) -> list[Path]:
@@ -301,7 +295,7 @@ def repair_shards(shards: str | Path, report: VerifyReport) -> list[str]:
 def _plan_repair(shards: Path, ipath: Path, problems: list[Problem], damaged_indexes: set[str]) -> _Job:
     root = ipath.parent
     if any(p.message.startswith(UNREADABLE_INDEX) for p in problems):
-        plan = _json(root / STATE_DIR / "plan.json")
+        plan = json_or_none(root / STATE_DIR / "plan.json")
         if not isinstance(plan, dict) or "config" not in plan:
             raise ShardError(f"cannot repair {ipath}: it is unreadable and so is {root / STATE_DIR / 'plan.json'}; "
                              f"nothing was deleted; rebuild: {_rebuild_command(shards, root)}")

@@ -370,9 +370,9 @@ def entries_present(out: Path, entries: list[dict[str, Any]], sizes: dict[str, i
     return all((out / p).is_file() and (out / p).stat().st_size == n for p, n in entry_files(entries))
 
 
-def read_index(out: Path) -> dict[str, Any] | None:
+def read_index(out: Path, remedy: str = "") -> dict[str, Any] | None:
     """index.json of `out`, None if there is none; a file that is not an index is a ShardError
-    naming it and the command that says how to rebuild it (readers go through pipeline.read.load_index)."""
+    naming it and `remedy`, the command that fixes it (readers go through pipeline.read.load_index)."""
     path = Path(out) / INDEX_NAME
     if not path.is_file():
         return None
@@ -383,8 +383,8 @@ def read_index(out: Path) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError) as e:
         from pipeline.read import ShardError
 
-        raise ShardError(f"{path} is unreadable ({e}); `midas-prep verify {out} --repair` rewrites it or names the "
-                         "command that rebuilds it") from None
+        remedy = remedy or f"`midas-prep verify {out} --repair` rewrites it or names the command that rebuilds it"
+        raise ShardError(f"{path} is not a valid index ({e}); {remedy}") from None
     return doc
 
 
@@ -447,7 +447,8 @@ def shard_files(shard: str, fmt: str, part: int = 0) -> list[str]:
     return files
 
 
-def _json_or_none(path: Path) -> Any:
+def json_or_none(path: Path) -> Any:
+    """The JSON in `path`, or None when it is missing or not JSON (cleanup and repair read what they can)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -462,15 +463,15 @@ def owned_files(out: Path) -> set[str]:
     out = Path(out)
     files = {INDEX_NAME, CLIPS_NAME, REJECTS_NAME, f"{STATE_DIR}/plan.json"}
     shards: dict[str, int] = {}
-    plan = _json_or_none(out / STATE_DIR / "plan.json")
+    plan = json_or_none(out / STATE_DIR / "plan.json")
     if isinstance(plan, dict):
         shards |= {s["name"]: int(s.get("part", 0)) for s in plan.get("shards", []) if isinstance(s, dict)}
     entries: list[dict[str, Any]] = []
-    index = _json_or_none(out / INDEX_NAME)
+    index = json_or_none(out / INDEX_NAME)
     if isinstance(index, dict):
         entries += [e for e in index.get("shards", []) if isinstance(e, dict)]
     for done in (out / STATE_DIR).glob("*.json") if (out / STATE_DIR).is_dir() else ():
-        state = _json_or_none(done) if done.stem in shards else None
+        state = json_or_none(done) if done.stem in shards else None
         if isinstance(state, dict):
             entries += [e for e in state.get("entries", []) if isinstance(e, dict)]
     for e in entries:
