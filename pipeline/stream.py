@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ConfigError, StreamConfig
+from pipeline.datasets.records import clip_id_of_key
 from pipeline.read import ShardError, check_files, load_idx, open_index, read_sample, sample_spec
 from pipeline.remote import is_remote, local_dir, pull
 from pipeline.write import INDEX_NAME, entry_files, mixed_dir, mixed_rel
@@ -103,7 +104,7 @@ def _sample_clips(fmt: str, path: str, samples: list[tuple[str, str, str, Any]],
             return [[c] for c in table.column("clip_id").to_pylist()]
         metas = [json.loads(j) for j in table.column("json").to_pylist()]
     elif not mixed:
-        return [[key] for key, *_ in samples]  # a built sample's key is its clip id
+        return [[clip_id_of_key(key)] for key, *_ in samples]  # a built sample's key encodes its clip id
     else:
         metas = []
         with open(path, "rb") as f:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "IndexResult", "make_clip", "make_reject", "check_votes", "normalise_id", "natural_key", "sample_key", "mixed_key",
+    "IndexResult", "make_clip", "make_reject", "check_votes", "normalise_id", "natural_key", "sample_key", "clip_id_of_key", "mixed_key",
 ]
 
 _KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -45,6 +45,13 @@ def sample_key(clip_id: str) -> str:
     if not clip_id:
         raise ValueError("empty clip id")
     return "".join(c if c in _KEY_SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in clip_id)
+
+
+def clip_id_of_key(key: str) -> str:
+    """The clip id a built sample's key stands for (the inverse of sample_key)."""
+    from urllib.parse import unquote
+
+    return unquote(key, errors="strict")
 
 
 def mixed_key(clip_a: str, clip_b: str, copy: int) -> str:
