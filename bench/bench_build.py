@@ -84,7 +84,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from pipeline.sample import make_sample
+    from pipeline.tools.make_sample import make_sample
 
     root = out / f"sample{args.clips}"
     if not (root / "Annotation").exists():

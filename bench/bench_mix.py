@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import MixConfig, RayConfig, load_config  # noqa: E402
+from pipeline.format import sample_nbytes
 from pipeline.mix import mix_offline, plan_mix  # noqa: E402
 from pipeline.read import open_index, parse_idx  # noqa: E402
-from pipeline.write import sample_nbytes  # noqa: E402
 
 
 def _copy_job(args: tuple[str, list[tuple[str, int, int]], str, int]) -> int:

@@ -30,24 +30,18 @@ from pipeline.datasets.records import sample_key
 from pipeline.decode import decode_clip
 from pipeline.errors import ClipRejected
 from pipeline.faults import fault_point
+from pipeline.format import CLIPS_NAME, FORMAT_VERSION, INDEX_NAME, REJECTS_NAME, STATE_DIR, entry_files, sample_nbytes
 from pipeline.index import index_dataset
 from pipeline.lock import OutputLocked, hold_output
 from pipeline.remote import delete_keys, is_remote, local_dir, pull, push, remote_sizes
 from pipeline.write import (
-    CLIPS_NAME,
-    FORMAT_VERSION,
-    INDEX_NAME,
-    REJECTS_NAME,
-    STATE_DIR,
     atomic_write,
     encode_sample,
     entries_present,
-    entry_files,
     owned_files,
     plan_shards,
     remove_outputs,
     remove_temporaries,
-    sample_nbytes,
     write_clips_table,
     write_index,
     write_rejects_table,

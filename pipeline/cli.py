@@ -206,7 +206,7 @@ _SHORT_REASONS = (("no face", "no face"), ("truncated or corrupt", "truncated or
 
 def _reject_notes(out: Path) -> dict[str, str]:
     """Per stage, the kinds of reasons in <out>/rejects.parquet in words ({'align': 'no face'})."""
-    from pipeline.write import REJECTS_NAME
+    from pipeline.format import REJECTS_NAME
 
     path = out / REJECTS_NAME
     if not path.is_file():
@@ -270,8 +270,8 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
         midas-prep mix-offline --fold 1 --alpha 0.4 --seed 7 --include-unassigned
     """
     from pipeline.config import RayConfig
+    from pipeline.format import ShardError
     from pipeline.mix import dry_run_mix, mix_offline
-    from pipeline.read import ShardError
 
     _setup_logging(verbose)
     if fold is not None and fold != "all" and not fold.isdigit():
@@ -329,7 +329,7 @@ def verify_cmd(shards: str, repair: bool, as_json: bool) -> None:
     """
 
     from pipeline.build import BuildError
-    from pipeline.read import ShardError
+    from pipeline.format import ShardError
     from pipeline.verify import repair_shards, verify_shards
 
     _setup_logging(False)
@@ -375,8 +375,8 @@ def inspect_cmd(shards: Path, png: Path, clips: int, seed: int, as_json: bool) -
     Example:
         midas-prep inspect shards --png inspect.png
     """
+    from pipeline.format import ShardError
     from pipeline.inspect import inspect_shards
-    from pipeline.read import ShardError
 
     try:
         r = inspect_shards(shards, png, clips=clips, seed=seed)
@@ -422,7 +422,7 @@ def bench_loader_cmd(shards: str, fold: int, device: str, batches: int, batch_si
     """
 
     from pipeline.config import ConfigError, StreamConfig
-    from pipeline.read import ShardError
+    from pipeline.format import ShardError
     from pipeline.stream import bench_loader
 
     try:
@@ -455,7 +455,7 @@ def make_sample_cmd(directory: Path, clips: int, seed: int, frames: bool, as_jso
     Example:
         midas-prep make-sample dfew/ && midas-prep build-shards dfew/
     """
-    from pipeline.sample import MIN_CLIPS, make_sample
+    from pipeline.tools.make_sample import MIN_CLIPS, make_sample
 
     if clips < MIN_CLIPS:
         raise click.UsageError(f"--clips {clips}: need at least {MIN_CLIPS} clips (2 without a face, 1 corrupt, "

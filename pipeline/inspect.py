@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.datasets.records import sample_key
+from pipeline.format import CLIPS_NAME, REJECTS_NAME, mixed_indexes
 from pipeline.read import SampleReader, open_index
-from pipeline.write import CLIPS_NAME, REJECTS_NAME, mixed_indexes
 
 __all__ = ["inspect_shards"]
 

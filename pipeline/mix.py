@@ -28,23 +28,26 @@ from pipeline.cluster import init_ray, shutdown_ray
 from pipeline.config import MixConfig, RayConfig, config_to_dict
 from pipeline.datasets.records import mixed_key, sample_key
 from pipeline.faults import fault_point
-from pipeline.lock import OutputLocked, hold_output
-from pipeline.read import SampleReader, ShardError, check_files, load_index, open_index
-from pipeline.remote import is_remote, local_dir, pull, push, remote_sizes
-from pipeline.write import (
+from pipeline.format import (
     CLIPS_NAME,
     FORMAT_VERSION,
     INDEX_NAME,
     MIXED_DIR,
     STATE_DIR,
+    ShardError,
+    entry_files,
+    fold_dirname,
+    sample_nbytes,
+)
+from pipeline.lock import OutputLocked, hold_output
+from pipeline.read import SampleReader, check_files, load_index, open_index
+from pipeline.remote import is_remote, local_dir, pull, push, remote_sizes
+from pipeline.write import (
     atomic_write,
     encode_sample,
     entries_present,
-    entry_files,
-    fold_dirname,
     remove_outputs,
     remove_temporaries,
-    sample_nbytes,
     write_index,
     write_shard_files,
 )

@@ -19,18 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.write import FORMAT_VERSION, INDEX_NAME, MIXED_DIR, npy_bytes, read_index
+from pipeline.format import FORMAT_VERSION, INDEX_NAME, MEMBERS, MIXED_DIR, ShardError, npy_bytes, read_index
 
-__all__ = ["ShardError", "load_index", "open_index", "check_files", "SampleReader", "parse_idx", "load_idx",
-           "sample_spec", "check_arrays", "decode_members", "decode_parquet_row", "read_sample", "MEMBERS"]
-
-MEMBERS = ("frames.npy", "json", "soft.npy")  # the members of every sample, in tar order
+__all__ = ["load_index", "open_index", "check_files", "SampleReader", "parse_idx", "load_idx",
+           "sample_spec", "check_arrays", "decode_members", "decode_parquet_row", "read_sample"]
 
 logger = logging.getLogger(__name__)
-
-
-class ShardError(RuntimeError):
-    """Shards are missing, incomplete or do not match their index.json (fatal)."""
 
 
 def _remedy(root: Path, overwrite: bool = False) -> str:

@@ -44,9 +44,9 @@ import numpy as np
 
 from pipeline.config import ConfigError, StreamConfig
 from pipeline.datasets.records import clip_id_of_key
-from pipeline.read import ShardError, check_files, load_idx, open_index, read_sample, sample_spec
+from pipeline.format import INDEX_NAME, ShardError, entry_files, mixed_dir, mixed_rel
+from pipeline.read import check_files, load_idx, open_index, read_sample, sample_spec
 from pipeline.remote import is_remote, local_dir, pull
-from pipeline.write import INDEX_NAME, entry_files, mixed_dir, mixed_rel
 
 __all__ = ["list_samples", "choose_val_clips", "epoch_order", "ShardSource", "midas_graph", "create_loader",
            "MidasLoader", "resolve_device", "auto_workers", "bench_loader"]

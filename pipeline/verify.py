@@ -19,28 +19,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.read import (
-    MEMBERS,
-    ShardError,
-    check_files,
-    decode_members,
-    decode_parquet_row,
-    load_idx,
-    load_index,
-    sample_spec,
-)
-from pipeline.remote import is_remote, local_dir, pull, remote_sizes
-from pipeline.write import (
+from pipeline.format import (
     FORMAT_DIRS,
     INDEX_NAME,
+    MEMBERS,
     MIXED_DIR,
     STATE_DIR,
+    ShardError,
     entry_files,
     json_or_none,
     mixed_indexes,
     read_index,
     shard_files,
 )
+from pipeline.read import check_files, decode_members, decode_parquet_row, load_idx, load_index, sample_spec
+from pipeline.remote import is_remote, local_dir, pull, remote_sizes
 
 __all__ = ["Problem", "VerifyReport", "verify_shards", "repair_shards"]
 
@@ -378,8 +371,8 @@ def _mix_runner(shards: Path, root: Path, conf: dict[str, Any], index: dict[str,
     """mix_offline bound to the stored config, after checking the source shards are the
     ones the mixed shards were made from and are intact (or are repaired first)."""
     from pipeline.config import ConfigError, MixConfig, load_config
+    from pipeline.format import INDEX_NAME
     from pipeline.mix import _sha, mix_offline
-    from pipeline.write import INDEX_NAME
 
     source = Path(conf.get("shards", ""))
     if (shards / INDEX_NAME).is_file() and shards in root.parents:
@@ -416,8 +409,7 @@ def _do_repair(shards: Path, job: _Job) -> list[str]:
     entries = job.index["shards"] if job.index else []
     for name in job.rebuild:
         mine = [e for e in entries if e["shard"] == name]
-        part = mine[0]["part"] if mine else 0
-        rels = {p for p, _ in entry_files(mine)} | {f for fmt in FORMAT_DIRS for f in shard_files(name, fmt, part)}
+        rels = {p for p, _ in entry_files(mine)} | {f for fmt in FORMAT_DIRS for f in shard_files(name, fmt)}
         for rel in sorted(rels):
             (job.root / rel).unlink(missing_ok=True)
         (job.root / STATE_DIR / f"{name}.json").unlink(missing_ok=True)

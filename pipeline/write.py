@@ -1,19 +1,8 @@
-"""Write stage: the on-disk format, defined in one place (every path comes from the helpers here).
+"""Write stage: samples -> shard files, index.json, clips and rejects tables, cleanup.
 
-    <out>/index.json                          format version, full config, one entry per shard file
-    <out>/clips.parquet                       one row per indexed clip (status, face stats)
-    <out>/rejects.parquet                     one row per clip that could not be processed
-    <out>/webdataset/part{P}-{NNNNNN}.tar     tars alone in their folder (any webdataset reader takes it)
-    <out>/webdataset-idx/part{P}-{NNNNNN}.idx DALI's index of each tar (listed in index.json)
-    <out>/parquet/part={P}/{NNNNNN}.parquet   hive-style: pyarrow, DuckDB, Ray see a `part` column
-    <out>/mixed/fold={K}/                     mix-offline output: index.json, webdataset/copy{C}-{NNNNNN}.tar,
-                                              webdataset-idx/copy{C}-{NNNNNN}.idx, parquet/copy={C}/{NNNNNN}.parquet
-    <out>/_state/                             plan.json and one done-file per finished shard (resume)
-
-A sample is `<key>.frames.npy` (uint8 T x H x W x 3 RGB), `<key>.soft.npy` (float32 [C],
-sums to 1) and `<key>.json`. Every file is written under a temporary name and renamed
-when complete, and its bytes depend only on the plan and the samples: tar members are
-sorted with a fixed mtime/owner, JSON is dumped with sorted keys.
+The names and layout come from pipeline.format. Every file is written under a temporary
+name and renamed when complete, and its bytes depend only on the plan and the samples: tar
+members are sorted with a fixed mtime/owner, JSON is dumped with sorted keys.
 """
 
 from __future__ import annotations
@@ -23,7 +12,6 @@ import io
 import json
 import logging
 import os
-import re
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable
@@ -33,41 +21,36 @@ from typing import Any
 import numpy as np
 
 from pipeline.faults import fault_point
+from pipeline.format import (
+    CLIPS_NAME,
+    FORMAT_DIRS,
+    FORMAT_VERSION,
+    FRAMES_COMPRESSIONS,
+    INDEX_NAME,
+    PLAN_NAME,
+    REJECTS_NAME,
+    STATE_DIR,
+    TMP_SUFFIX,
+    entry_files,
+    idx_path,
+    json_or_none,
+    npy_bytes,
+    shard_files,
+    shard_name,
+    shard_path,
+)
 
 __all__ = [
-    "FORMAT_VERSION",
-    "INDEX_NAME",
-    "CLIPS_NAME",
-    "REJECTS_NAME",
-    "STATE_DIR",
-    "FORMAT_DIRS",
-    "IDX_DIR",
-    "MIXED_DIR",
-    "SHARD_DIRS",
-    "FRAMES_COMPRESSIONS",
-    "shard_name",
-    "shard_path",
-    "idx_path",
-    "fold_dirname",
-    "mixed_dir",
-    "mixed_rel",
-    "mixed_indexes",
-    "shard_dirs",
-    "sample_nbytes",
     "plan_shards",
     "encode_sample",
-    "npy_bytes",
     "write_tar",
     "write_parquet",
     "write_shard_files",
-    "entry_files",
     "entries_present",
     "atomic_write",
-    "read_index",
     "write_index",
     "write_clips_table",
     "write_rejects_table",
-    "shard_files",
     "owned_files",
     "remove_temporaries",
     "remove_outputs",
@@ -75,74 +58,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: .idx in webdataset-idx/, hive-style parquet/part=P/ and mixed/fold=K/, large_binary frames
-INDEX_NAME = "index.json"
-CLIPS_NAME = "clips.parquet"
-REJECTS_NAME = "rejects.parquet"
-STATE_DIR = "_state"
-FORMAT_DIRS = {"webdataset": "webdataset", "parquet": "parquet"}
-IDX_DIR = "webdataset-idx"  # beside webdataset/, so a glob over webdataset/* sees only tars
-MIXED_DIR = "mixed"
-SHARD_DIRS = (FORMAT_DIRS["webdataset"], IDX_DIR, FORMAT_DIRS["parquet"])  # every folder holding shard files
-FRAMES_COMPRESSIONS = ("none", "zstd", "lz4", "snappy")  # Parquet codecs for the frames column
-_TMP = ".tmp"
 _TAR_MTIME = 0  # fixed, so the same samples give the same tar bytes
-_SHARD = re.compile(r"^(part|copy)(\d+)-(\d{6,})$")  # part{P}-{NNNNNN} (build), copy{C}-{NNNNNN} (mix)
-
-
-def shard_name(part: int, index: int) -> str:
-    return f"part{part}-{index:06d}"
-
-
-def shard_path(fmt: str, shard: str) -> str:
-    """The file of planned shard `shard` in format `fmt`, relative to its output directory.
-
-    webdataset/part1-000003.tar, parquet/part=1/000003.parquet (mixed: parquet/copy=0/000003.parquet):
-    the Parquet folder names are hive partitions, so readers pointed at parquet/ get the column."""
-    if fmt == "webdataset":
-        return f"{FORMAT_DIRS[fmt]}/{shard}.tar"
-    m = _SHARD.match(shard)
-    assert m, f"shard name {shard!r} is not part{{P}}-{{NNNNNN}} or copy{{C}}-{{NNNNNN}}"
-    return f"{FORMAT_DIRS[fmt]}/{m[1]}={int(m[2])}/{m[3]}.parquet"
-
-
-def idx_path(shard: str) -> str:
-    """The DALI index of a tar shard, relative to its output directory (readers take it from index.json)."""
-    return f"{IDX_DIR}/{shard}.idx"
-
-
-def fold_dirname(fold: int) -> str:
-    """The folder of fold K's mixed shards inside mix-offline's output: fold=K (hive-style)."""
-    return f"fold={fold}"
-
-
-def mixed_rel(fold: int) -> str:
-    """mix-offline's default output folder of fold K, relative to the shards: mixed/fold=K."""
-    return f"{MIXED_DIR}/{fold_dirname(fold)}"
-
-
-def mixed_dir(root: str | Path, fold: int) -> Path:
-    return Path(root) / mixed_rel(fold)
-
-
-def mixed_indexes(root: str | Path) -> list[Path]:
-    """index.json of every mixed fold under `root`, in fold order."""
-    found = [p for p in Path(root).glob(f"{MIXED_DIR}/fold=*/{INDEX_NAME}") if p.parent.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.parent.name[5:]))
-
-
-def shard_dirs(out: Path) -> list[Path]:
-    """Every existing folder of `out` that holds shard files (the hive partitions included)."""
-    dirs = [out / d for d in SHARD_DIRS if (out / d).is_dir()]
-    parquet = out / FORMAT_DIRS["parquet"]
-    if parquet.is_dir():
-        dirs += sorted(p for p in parquet.iterdir() if p.is_dir() and "=" in p.name)
-    return dirs
-
-
-def sample_nbytes(num_frames: int, frame_size: int, num_classes: int = 7) -> int:
-    """Upper estimate of one sample's bytes in a tar: frames + soft + json + 3 headers."""
-    return num_frames * frame_size * frame_size * 3 + 4 * num_classes + 3 * (512 + 512) + 2 * 128 + 512
 
 
 def plan_shards(clips: Iterable[dict[str, Any]], shard_size_mb: float, nbytes: int) -> list[dict[str, Any]]:
@@ -161,13 +77,6 @@ def plan_shards(clips: Iterable[dict[str, Any]], shard_size_mb: float, nbytes: i
         for k, start in enumerate(range(0, len(ids), per_shard)):
             plan.append({"name": shard_name(part, k), "part": part, "clip_ids": ids[start : start + per_shard]})
     return plan
-
-
-def npy_bytes(a: np.ndarray) -> bytes:
-    """The .npy encoding of an array (no pickling)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-    return buf.getvalue()
 
 
 def encode_sample(key: str, frames: np.ndarray, soft: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
@@ -300,7 +209,7 @@ def _write_atomic(path: Path, fill: Callable[[Any], Any], point: str = "") -> tu
     """Call fill(file) on `<path>.tmp`, fsync, rename to `path`: nothing partial ever has a
     final name. Returns (fill's result, bytes, sha256)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + _TMP)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
     with open(tmp, "wb") as f:
         w = _HashingWriter(f)
         result = fill(w)
@@ -335,7 +244,7 @@ def write_shard_files(
         if fmt == "webdataset":
             # The tar is written under a temp name, then its .idx, then the tar is renamed:
             # a visible .tar always has its .idx.
-            tar_tmp = out / (rel + _TMP)
+            tar_tmp = out / (rel + TMP_SUFFIX)
             tar_tmp.parent.mkdir(parents=True, exist_ok=True)
             with open(tar_tmp, "wb") as f:
                 w = _HashingWriter(f)
@@ -356,36 +265,12 @@ def write_shard_files(
     return entries
 
 
-def entry_files(entries: list[dict[str, Any]]) -> list[tuple[str, int]]:
-    """(relative path, bytes) of every file index entries list: the shard files and their .idx."""
-    files = [(e["path"], e["bytes"]) for e in entries]
-    return files + [(e["idx"]["path"], e["idx"]["bytes"]) for e in entries if "idx" in e]
-
-
 def entries_present(out: Path, entries: list[dict[str, Any]], sizes: dict[str, int] | None = None) -> bool:
     """Every listed file is there with its recorded size: on the local disk, or in `sizes`
     (the listing of a remote output)."""
     if sizes is not None:
         return all(sizes.get(p) == n for p, n in entry_files(entries))
     return all((out / p).is_file() and (out / p).stat().st_size == n for p, n in entry_files(entries))
-
-
-def read_index(out: Path, remedy: str = "") -> dict[str, Any] | None:
-    """index.json of `out`, None if there is none; a file that is not an index is a ShardError
-    naming it and `remedy`, the command that fixes it (readers go through pipeline.read.load_index)."""
-    path = Path(out) / INDEX_NAME
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-        if not isinstance(doc, dict) or not isinstance(doc.get("shards"), list):
-            raise ValueError("not an index.json object with a shards list")
-    except (ValueError, UnicodeDecodeError) as e:
-        from pipeline.read import ShardError
-
-        remedy = remedy or f"`midas-prep verify {out} --repair` rewrites it or names the command that rebuilds it"
-        raise ShardError(f"{path} is not a valid index ({e}); {remedy}") from None
-    return doc
 
 
 def write_index(out: Path, doc: dict[str, Any]) -> None:
@@ -438,34 +323,17 @@ def write_rejects_table(out: Path, rows: list[dict[str, Any]]) -> None:
         [{k: r.get(k) for k in ("clip_id", "source", "stage", "error")} for r in rows], schema))
 
 
-def shard_files(shard: str, fmt: str, part: int = 0) -> list[str]:
-    """Relative paths of one planned shard's files in format `fmt`, as write_shard_files names them
-    (cleanup finds the files of a shard that a killed run wrote but did not list anywhere)."""
-    files = [shard_path(fmt, shard)]
-    if fmt == "webdataset":
-        files.append(idx_path(shard))
-    return files
-
-
-def json_or_none(path: Path) -> Any:
-    """The JSON in `path`, or None when it is missing or not JSON (cleanup and repair read what they can)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def owned_files(out: Path) -> set[str]:
     """Relative paths of every file under `out` that build-shards or mix-offline writes there, as
     far as `out` itself records them: index.json, clips.parquet, rejects.parquet, _state/plan.json,
     the done-file of every planned shard, and each shard's files (listed in index.json, in a
     done-file, or named by the plan). Anything else under `out` belongs to someone else."""
     out = Path(out)
-    files = {INDEX_NAME, CLIPS_NAME, REJECTS_NAME, f"{STATE_DIR}/plan.json"}
-    shards: dict[str, int] = {}
-    plan = json_or_none(out / STATE_DIR / "plan.json")
+    files = {INDEX_NAME, CLIPS_NAME, REJECTS_NAME, PLAN_NAME}
+    shards: set[str] = set()
+    plan = json_or_none(out / PLAN_NAME)
     if isinstance(plan, dict):
-        shards |= {s["name"]: int(s.get("part", 0)) for s in plan.get("shards", []) if isinstance(s, dict)}
+        shards |= {s["name"] for s in plan.get("shards", []) if isinstance(s, dict)}
     entries: list[dict[str, Any]] = []
     index = json_or_none(out / INDEX_NAME)
     if isinstance(index, dict):
@@ -475,14 +343,14 @@ def owned_files(out: Path) -> set[str]:
         if isinstance(state, dict):
             entries += [e for e in state.get("entries", []) if isinstance(e, dict)]
     for e in entries:
-        shards.setdefault(e.get("shard", ""), int(e.get("part", 0)))
+        shards.add(e.get("shard", ""))
         files.add(e.get("path", ""))
         if isinstance(e.get("idx"), dict):
             files.add(e["idx"].get("path", ""))
-    for name, part in shards.items():
+    for name in shards:
         if name:
             files.add(f"{STATE_DIR}/{name}.json")
-            files.update(f for fmt in FORMAT_DIRS for f in shard_files(name, fmt, part))
+            files.update(f for fmt in FORMAT_DIRS for f in shard_files(name, fmt))
     # a listed path that climbs out of `out` (a hand-edited index.json) is never ours
     return {f for f in files if f and not Path(f).is_absolute() and ".." not in Path(f).parts}
 
@@ -494,7 +362,7 @@ def remove_temporaries(out: Path) -> int:
     next to the shards stays."""
     n = 0
     for rel in sorted(owned_files(out)):
-        tmp = Path(out) / (rel + _TMP)
+        tmp = Path(out) / (rel + TMP_SUFFIX)
         if tmp.is_file():
             tmp.unlink()
             n += 1

@@ -40,7 +40,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def sample(tmp_path_factory: pytest.TempPathFactory):
     """A DFEW-layout dataset of real mp4 clips (make-sample)."""
-    from pipeline.sample import make_sample
+    from pipeline.tools.make_sample import make_sample
 
     return make_sample(tmp_path_factory.mktemp("sample") / "dfew", clips=SAMPLE_CLIPS, seed=0)
 

@@ -28,9 +28,10 @@ from conftest import build_config
 from pipeline.build import BuildError, build_shards
 from pipeline.cli import main
 from pipeline.cluster import LOCAL_ONLY_ENV
+from pipeline.format import FORMAT_DIRS, shard_files
 from pipeline.lock import LOCK_NAME
 from pipeline.verify import verify_shards
-from pipeline.write import FORMAT_DIRS, shard_files, write_shard_files
+from pipeline.write import write_shard_files
 
 pytest.importorskip("moto.server")
 from test_remote import s3  # noqa: E402, F401  (the moto S3 server fixture)
@@ -248,7 +249,7 @@ def test_shard_files_names_what_write_shard_files_writes(tmp_path):
     entries = write_shard_files(tmp_path, "part3-000007", 3, [s], ("webdataset", "parquet"))
     for e in entries:
         written = [e["path"]] + ([e["idx"]["path"]] if "idx" in e else [])
-        assert sorted(shard_files(e["shard"], e["format"], e["part"])) == sorted(written)
+        assert sorted(shard_files(e["shard"], e["format"])) == sorted(written)
 
 
 # --- verify --repair checks before it deletes -----------------------------------------------------------------

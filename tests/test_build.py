@@ -21,7 +21,7 @@ from conftest import build_config
 
 from pipeline.build import BuildError, build_shards
 from pipeline.cli import main
-from pipeline.write import read_index
+from pipeline.format import read_index
 
 
 def _shard_files(out: Path) -> dict[str, bytes]:

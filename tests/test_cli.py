@@ -143,7 +143,7 @@ def test_mix_dry_run_refuses_what_the_run_refuses(built, ray_session, tmp_path):
 def test_rejects_and_clips_tables_do_not_depend_on_where_the_dataset_sits(ray_session, tmp_path):
     from pipeline.build import build_shards
     from pipeline.config import BuildConfig, load_config
-    from pipeline.sample import MIN_CLIPS, make_sample
+    from pipeline.tools.make_sample import MIN_CLIPS, make_sample
 
     s = make_sample(tmp_path / "a" / "dfew", clips=MIN_CLIPS, seed=3, with_frames=False)
     shutil.copytree(s.root, tmp_path / "b" / "deeper" / "dfew")

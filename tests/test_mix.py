@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from pipeline.config import MixConfig, RayConfig, load_config
+from pipeline.format import ShardError
 from pipeline.mix import mix_frames, mix_offline, mix_soft, pair_partners, plan_mix
-from pipeline.read import SampleReader, ShardError, open_index
+from pipeline.read import SampleReader, open_index
 
 
 @given(lam=st.floats(0, 1), seed=st.integers(0, 2**16))

@@ -20,11 +20,12 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.config import MixConfig, RayConfig, StreamConfig
+from pipeline.format import ShardError, npy_bytes
 from pipeline.mix import mix_offline
-from pipeline.read import SampleReader, ShardError, load_index, open_index, parse_idx
+from pipeline.read import SampleReader, load_index, open_index, parse_idx
 from pipeline.stream import ShardSource, create_loader, list_samples
 from pipeline.verify import verify_shards
-from pipeline.write import encode_sample, npy_bytes, write_tar
+from pipeline.write import encode_sample, write_tar
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 RECIPES = ["pyarrow", "pandas", "duckdb", "hf-datasets", "ray", "webdataset", "dali", "tarfile"]

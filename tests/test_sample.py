@@ -15,9 +15,9 @@ import pytest
 import skimage.data
 from retinaface import detect_faces
 
-from pipeline.sample import ASTRONAUT_FACE, SampleSummary, make_sample
-from pipeline.sample import _draw_spec as draw_spec
-from pipeline.sample import _load_sources as load_sources
+from pipeline.tools.make_sample import ASTRONAUT_FACE, SampleSummary, make_sample
+from pipeline.tools.make_sample import _draw_spec as draw_spec
+from pipeline.tools.make_sample import _load_sources as load_sources
 
 CLIPS = 12
 HEADER = ["order", "1happy", "2sad", "3neutral", "4angry", "5surprise", "6disgust", "7fear", "label"]

@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from pipeline.config import StreamConfig
-from pipeline.read import ShardError
+from pipeline.format import ShardError
 from pipeline.stream import MidasLoader, create_loader, epoch_order
 
 MEAN = np.array([0.485, 0.456, 0.406]) * 255

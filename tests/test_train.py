@@ -18,9 +18,10 @@ from click.testing import CliRunner
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from pipeline.config import ConfigError, MixConfig, RayConfig, StreamConfig, TrainConfig, load_config
+from pipeline.format import INDEX_NAME
 from pipeline.read import open_index, parse_idx, read_sample
 from pipeline.stream import MidasLoader, list_samples
-from pipeline.write import INDEX_NAME, encode_sample, write_index, write_shard_files
+from pipeline.write import encode_sample, write_index, write_shard_files
 from train.loop import TrainError, loader_resources, soft_cross_entropy, stream_config, train, train_folds
 from train.metrics import classification_metrics
 from train.model import ModelConfig, create_model, use_channels_last

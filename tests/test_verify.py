@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.read import ShardError
+from pipeline.format import ShardError
 from pipeline.stream import create_loader
 from pipeline.verify import verify_shards
 

@@ -12,16 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.write import (
-    encode_sample,
-    idx_path,
-    mixed_dir,
-    plan_shards,
-    remove_temporaries,
-    sample_nbytes,
-    shard_path,
-    write_shard_files,
-)
+from pipeline.format import idx_path, mixed_dir, sample_nbytes, shard_path
+from pipeline.write import encode_sample, plan_shards, remove_temporaries, write_shard_files
 
 
 def _samples(n: int, t: int = 4, s: int = 16) -> list[dict]:

@@ -9,7 +9,7 @@ import click
 
 from pipeline import __version__
 from pipeline.config import ConfigError, TrainConfig, load_config, parse_set
-from pipeline.read import ShardError
+from pipeline.format import ShardError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

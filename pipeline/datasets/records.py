@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "IndexResult", "make_clip", "make_reject", "check_votes", "normalise_id", "natural_key", "sample_key", "clip_id_of_key", "mixed_key",
+    "IndexResult", "make_clip", "make_reject", "check_votes", "normalise_id", "natural_key", "sample_key",
+    "clip_id_of_key", "mixed_key",
 ]
 
 _KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")

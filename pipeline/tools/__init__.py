@@ -1,0 +1,1 @@
+"""Tools beside the pipeline, not stages of it: make-sample's demo dataset."""
