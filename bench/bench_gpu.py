@@ -12,6 +12,7 @@
     soft cross-entropy, backward, AdamW step; channels_last + bfloat16 autocast on a GPU
 (e) midas-train end to end (train.loop.train, 2 short epochs, the second one's clips/s)
 
+Install: `pip install -e ".[bench]"` (the trainer's packages plus webdataset for row (b)).
 Batch 32 and 128 on a GPU. `--device cpu` runs a small version (batch 4 and 8, a few batches, model
 width 8) so tests run it. A shard set too small for the batch is read through a "repeated" view
 (an index.json listing every shard k times through symlinks) so epochs last long enough; nothing is
@@ -174,7 +175,12 @@ def train_tars(shards: Path, fold: int = 1) -> tuple[list[str], list[str]]:
 
 def run_torch(shards: Path, dev: str, batch: int, batches: int, workers: int, size: int) -> float:
     import torch
-    import webdataset as wds
+
+    try:
+        import webdataset as wds
+    except ModuleNotFoundError:
+        sys.exit("bench_gpu.py: row (b) needs the webdataset package: pip install -e \".[bench]\" "
+                 "(or skip the row: --rows acde)")
 
     tars, _ = train_tars(shards)
     ds = (wds.WebDataset(tars, resampled=True, shardshuffle=True, empty_check=False).shuffle(256).decode()

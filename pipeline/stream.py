@@ -422,10 +422,13 @@ class MidasLoader:
         cfg = self.cfg
         rank = (f" ({self.source.rank_samples()} on rank {cfg.shard_id} of {cfg.num_shards})"
                 if cfg.num_shards > 1 else "")
-        drop = self.source.drop_last
+        fits = self.source.rank_samples()  # the largest batch this rank's share fills
+        fix = (f": use a batch size of {fits} or less (bench-loader and midas-train: --batch-size {fits}; "
+               f"StreamConfig: batch_size={fits}, or last_batch=\"partial\" to keep a partial batch)" if fits else
+               ": this rank has no sample; use fewer ranks or more data")
         raise ConfigError(
             f"{cfg.shards}: the fold {cfg.fold} {cfg.split} split has {len(self.samples)} samples{rank}, fewer than "
-            f"one batch of {cfg.batch_size}" + (": lower the batch size or set last_batch=partial" if drop else ""))
+            f"one batch of {cfg.batch_size}{fix}")
 
     def _unpad(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Cut the padding of a partial last batch off; "sample" keeps (position, hard label)."""
