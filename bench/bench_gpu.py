@@ -15,9 +15,9 @@
 Install: `pip install -e ".[bench]"` (the trainer's packages plus webdataset for row (b)).
 Batch 32 and 128 on a GPU. `--device cpu` runs a small version (batch 4 and 8, a few batches, model
 width 8) so tests run it. A shard set too small for the batch is read through a "repeated" view
-(an index.json listing every shard k times through symlinks) so epochs last long enough; nothing is
-copied. Prints one Markdown table and writes it to <out>/gpu.md (scratch: --work, default a temp dir that
-is removed). Imports neither decord nor ray.
+(an index.json listing every shard k times through hard links) so epochs last long enough; nothing is
+copied (one copy if --work is on another filesystem). Prints one Markdown table and writes it to
+<out>/gpu.md (scratch: --work, default a temp dir that is removed). Imports neither decord nor ray.
 """
 
 from __future__ import annotations
@@ -62,10 +62,15 @@ def _cpus() -> int:
 
 
 def repeated_view(shards: Path, k: int, out: Path) -> Path:
-    """<out>/<name>_x{k}: an index.json listing every shard entry k times, each through its own symlink
-    to `shards`, so list_samples, tar readers and midas-train see k copies of every sample."""
+    """<out>/<name>_x{k}: an index.json listing every shard entry k times, each through its own folder
+    r{j}/ of hard links to the files of `shards`, so list_samples, tar readers and midas-train see k
+    copies of every sample. Hard links, not symlinks: readers refuse a listed path that leads out of
+    its output; on another filesystem r0/ is one copy and r1.. link to it."""
     if k <= 1:
         return shards
+    import shutil
+
+    from pipeline.format import entry_files
     from pipeline.read import open_index
 
     index = open_index(shards)
@@ -73,9 +78,19 @@ def repeated_view(shards: Path, k: int, out: Path) -> Path:
     view.mkdir(parents=True, exist_ok=True)
     entries = []
     for j in range(k):
-        link = view / f"r{j}"
-        if not link.is_symlink():
-            link.symlink_to(shards.resolve(), target_is_directory=True)
+        rj = view / f"r{j}"
+        if rj.is_symlink():  # a view made by an older bench_gpu: never write through it into `shards`
+            rj.unlink()
+        for rel, _ in entry_files(index["shards"]):
+            dst = rj / rel
+            if dst.is_file():
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            src = view / "r0" / rel if j else shards / rel
+            try:
+                os.link(src, dst)
+            except OSError:  # another filesystem
+                shutil.copyfile(src, dst)
         for e in index["shards"]:
             e = copy.deepcopy(e)
             e["path"] = f"r{j}/{e['path']}"

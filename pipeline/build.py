@@ -10,6 +10,7 @@ A re-run skips shards whose done-file and files are present (resume).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -30,14 +31,25 @@ from pipeline.datasets.records import sample_key
 from pipeline.decode import decode_clip
 from pipeline.errors import ClipRejected
 from pipeline.faults import fault_point
-from pipeline.format import CLIPS_NAME, FORMAT_VERSION, INDEX_NAME, REJECTS_NAME, STATE_DIR, entry_files, sample_nbytes
+from pipeline.format import (
+    CLIPS_NAME,
+    FORMAT_VERSION,
+    INDEX_NAME,
+    REJECTS_NAME,
+    STATE_DIR,
+    entry_files,
+    is_inside,
+    sample_nbytes,
+)
 from pipeline.index import index_dataset
 from pipeline.lock import OutputLocked, hold_output
 from pipeline.remote import delete_keys, is_remote, local_dir, pull, push, remote_sizes
 from pipeline.write import (
     atomic_write,
+    check_room,
     encode_sample,
-    entries_present,
+    estimate_bytes,
+    load_done,
     owned_files,
     plan_shards,
     remove_outputs,
@@ -121,7 +133,8 @@ def _prepare_out(out: Path, cfg: BuildConfig) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test.tmp"
-        probe.write_bytes(b"")
+        probe.unlink(missing_ok=True)  # a leftover, or a symlink planted there: never written through
+        probe.open("xb").close()
         probe.unlink()
     except OSError as e:
         raise BuildError(f"output directory {out} is not writable: {e}") from e
@@ -130,7 +143,7 @@ def _prepare_out(out: Path, cfg: BuildConfig) -> None:
         mixed = out / "mixed"
         if mixed.is_dir():  # made from the old shards: it goes too, once no mix-offline writes there
             with hold_output(mixed):
-                for fold in sorted(p for p in mixed.iterdir() if p.is_dir()):
+                for fold in sorted(p for p in mixed.iterdir() if p.is_dir() and is_inside(out, f"mixed/{p.name}")):
                     removed += remove_outputs(fold)
             if not any(mixed.iterdir()):
                 mixed.rmdir()
@@ -188,6 +201,8 @@ def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]], write: 
     """The plan on disk must match this run's, or resuming would mix two builds (the dry run checks, no write)."""
     path = out / STATE_DIR / "plan.json"
     doc = {"config": _plan_config(cfg), "shards": plan, "format_version": FORMAT_VERSION}
+    if path.is_symlink():  # never read through (a link out of the output); --overwrite removes the link only
+        raise BuildError(f"{path} is a symlink, not a plan midas-prep wrote; pass --overwrite to rebuild {out}")
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -228,21 +243,24 @@ def _load_done(out: Path, plan: list[dict[str, Any]], sizes: dict[str, int] | No
                ) -> dict[str, dict[str, Any]]:
     """Done-files of planned shards whose files are all present with the recorded size
     (on the local disk, or in `sizes`, the listing of a remote output)."""
-    done = {}
-    for shard in plan:
-        path = out / STATE_DIR / f"{shard['name']}.json"
-        if not path.is_file():
-            continue
-        try:
-            state = json.loads(path.read_text())
-            present = entries_present(out, state["entries"], sizes)
-        except (ValueError, KeyError, TypeError):  # a garbled done-file: the shard is built again
-            present = False
-        if present:
-            done[shard["name"]] = state
-        else:
-            logger.warning("shard %s is incomplete on disk; rebuilding it", shard["name"])
-    return done
+    states = {shard["name"]: load_done(out, shard["name"], sizes) for shard in plan}
+    return {name: state for name, state in states.items() if state is not None}
+
+
+def _check_room(cfg: BuildConfig, out: Path, todo: list[dict[str, Any]], reclaim: int = 0) -> dict[str, int]:
+    """Refuse (BuildError) when the shards left to write do not fit on the disk of `out` (with
+    `reclaim` bytes an --overwrite will delete first); -> {"bytes_needed", "bytes_free"} for the
+    dry run. A remote output is written through the local cache a few shards at a time: no check."""
+    nbytes = sample_nbytes(cfg.decode.num_frames, cfg.align.frame_size, len(cfg.index.classes))
+    need = estimate_bytes(sum(len(s["clip_ids"]) for s in todo), len(todo), nbytes, cfg.write.formats)
+    if is_remote(cfg.write.out):
+        return {"bytes_needed": need}
+    free, why = check_room(out, need - reclaim)
+    if why:
+        raise BuildError(f"{why}: {sum(len(s['clip_ids']) for s in todo)} clips x {len(cfg.write.formats)} "
+                         f"format(s) x {nbytes / 1e6:.2f} MB a sample; free space there, choose another --out, "
+                         "or write one --format")
+    return {"bytes_needed": need, "bytes_free": free}
 
 
 def _index_doc(cfg: BuildConfig, states: dict[str, dict], counts: dict[str, Any], complete: bool) -> dict:
@@ -278,6 +296,9 @@ def plan_build(cfg: BuildConfig) -> dict[str, Any]:
     if not cfg.write.overwrite:  # the same refusal the real run would make
         _check_plan(out, cfg, plan, write=False)
         done = _load_done(out, plan)
+    reclaim = sum(p.stat().st_size for p in (out / f for f in owned_files(out)) if p.is_file()) if (
+        cfg.write.overwrite and out.is_dir()) else 0  # what --overwrite deletes before it writes
+    room = _check_room(cfg, out, [s for s in plan if s["name"] not in done], reclaim)
     parts = Counter(c["part"] for c in index.clips)
     return {"dataset": str(cfg.dataset_root), "out": str(out), "clips": len(index.clips),
             "unannotated": len(index.unannotated), "rejected_at_index": len(index.rejects),
@@ -285,7 +306,7 @@ def plan_build(cfg: BuildConfig) -> dict[str, Any]:
             "shards_done": len(done),
             "clips_to_process": sum(len(s["clip_ids"]) for s in plan if s["name"] not in done),
             "formats": list(cfg.write.formats), "num_frames": cfg.decode.num_frames,
-            "frame_size": cfg.align.frame_size, "detector": cfg.align.detector}
+            "frame_size": cfg.align.frame_size, "detector": cfg.align.detector, **room}
 
 
 def build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | None = None) -> BuildSummary:
@@ -297,7 +318,12 @@ def build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | Non
     _check_writable(local_dir(cfg.write.out))  # before the lock file, so the message says what is wrong
     try:
         with hold_output(local_dir(cfg.write.out)):
-            return _build_shards(cfg, on_progress)
+            try:
+                return _build_shards(cfg, on_progress)
+            except (BuildError, OSError):  # a full disk: the temporaries of the shards in flight go too
+                with contextlib.suppress(OSError):
+                    remove_temporaries(local_dir(cfg.write.out))
+                raise
     except OutputLocked as e:
         raise BuildError(str(e)) from None
     except OSError as e:  # a full disk, a vanished mount: what is written stays valid, a re-run resumes
@@ -323,12 +349,14 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
         pull(remote, out, [k for k in sizes if k.startswith(f"{STATE_DIR}/")], sizes)
     plan = plan_shards(index.clips, cfg.write.shard_size_mb,
                        sample_nbytes(cfg.decode.num_frames, cfg.align.frame_size, len(cfg.index.classes)))
-    _check_plan(out, cfg, plan)
-    if remote:
-        push(out, remote, [f"{STATE_DIR}/plan.json"])
+    _check_plan(out, cfg, plan, write=False)
     states = _load_done(out, plan, sizes)
     summary.shards_resumed = len(states)
     todo = [s for s in plan if s["name"] not in states]
+    _check_room(cfg, out, todo)  # refused before the plan is written: a build that does not fit leaves nothing
+    _check_plan(out, cfg, plan)
+    if remote:
+        push(out, remote, [f"{STATE_DIR}/plan.json"])
     clips_by_id = {c["clip_id"]: c for c in index.clips}
     index_rejects = {"index": len(index.rejects)}
 

@@ -229,8 +229,14 @@ def _echo_plan(title: str, plan: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(plan, sort_keys=True))
         return
+    from pipeline.write import SPACE_MARGIN, human_bytes
+
     click.echo(f"{title}: nothing written")
     for k, v in plan.items():
+        if k == "bytes_needed":  # an upper estimate: every format, Parquet frames counted uncompressed
+            v = f"{human_bytes(v)} at most, to write (+{SPACE_MARGIN:.0%} margin kept free)"
+        elif k == "bytes_free":
+            v = f"{human_bytes(v)} on the output's disk"
         click.echo(f"  {k.replace('_', ' '):<18}{_words(v)}")
 
 

@@ -13,7 +13,9 @@
 Points: build.decoded (a Ray worker decoded a clip), build.clip_done (driver, a clip
 result arrived), build.shard_done (driver, between shards; mix-offline too),
 write.shard_tmp (a shard's bytes are written under the temp name, not yet renamed),
-write.index_tmp (index.json written under its temp name, not yet renamed).
+write.index_tmp (index.json written under its temp name, not yet renamed),
+write.data (every write of bytes to any file midas-prep writes, in workers and the driver:
+with MIDAS_PREP_FAULT_SKIP and enospc, a disk that fills up in the middle of a file).
 """
 
 from __future__ import annotations

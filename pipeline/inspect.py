@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.datasets.records import sample_key
-from pipeline.format import CLIPS_NAME, REJECTS_NAME, mixed_indexes
+from pipeline.format import CLIPS_NAME, MIXED_DIR, REJECTS_NAME, mixed_indexes, resolve_inside
 from pipeline.read import SampleReader, open_index
 
 __all__ = ["inspect_shards"]
@@ -55,6 +55,9 @@ def inspect_shards(shards: str | Path, png: str | Path, clips: int = 6, seed: in
 
     mixed: list[tuple[str, SampleReader]] = []
     for fold_index in mixed_indexes(shards):
+        resolve_inside(shards, fold_index.relative_to(shards).as_posix(), shards / MIXED_DIR,
+                       f"the folder {fold_index.parent.name}",
+                       "remove that symlink; mixed folds live inside the shards")
         mreader = SampleReader(fold_index.parent, open_index(fold_index.parent))
         keys = mreader.keys()
         if keys:

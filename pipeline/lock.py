@@ -66,7 +66,13 @@ def _describe(doc: dict[str, Any] | None) -> str:
 def _acquire(out: Path) -> int:
     path = out / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a symlink planted under the lock's name is refused, never truncated through
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            if not path.is_symlink():
+                raise
+            raise OutputLocked(f"{path} is a symlink ({e.strerror}); midas-prep writes its lock only inside "
+                               f"{out}: delete that link") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -13,6 +13,7 @@ resumable and byte-for-byte reproducible from the seed whatever the number of wo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -37,6 +38,9 @@ from pipeline.format import (
     ShardError,
     entry_files,
     fold_dirname,
+    is_inside,
+    json_or_none,
+    resolve_inside,
     sample_nbytes,
 )
 from pipeline.lock import OutputLocked, hold_output
@@ -44,8 +48,11 @@ from pipeline.read import SampleReader, check_files, load_index, open_index
 from pipeline.remote import is_remote, local_dir, pull, push, remote_sizes
 from pipeline.write import (
     atomic_write,
+    check_room,
     encode_sample,
-    entries_present,
+    estimate_bytes,
+    load_done,
+    owned_files,
     remove_outputs,
     remove_temporaries,
     write_index,
@@ -188,24 +195,76 @@ def dry_run_mix(cfg: MixConfig) -> dict[str, Any]:
             raise ShardError(f"{len(problems)} source shard problem(s), run `midas-prep verify {shards}`: "
                              + "; ".join(problems[:5]))
     clips = [c for c in pq.read_table(shards / "clips.parquet").to_pylist() if c["status"] == "written"]
-    per_shard = max(1, int(cfg.shard_size_mb * 1e6) // sample_nbytes(index["sample"]["num_frames"],
-                                                                     index["sample"]["frame_size"]))
+    per_shard = _per_shard(cfg, index)
     plan = plan_mix(clips, cfg, per_shard)
     out_uri = cfg.out or (cfg.shards.rstrip("/") + "/" + MIXED_DIR)
     out = local_dir(out_uri)
-    if not cfg.overwrite:
-        conf = config_to_dict(cfg) | {"source_index_sha256": _sha(index)}
-        for k, shards_k in plan.items():
-            why = _plan_conflict(_fold_out(out, k), conf, shards_k)
-            if why:
-                raise ShardError(why)
+    conf = config_to_dict(cfg) | {"source_index_sha256": _sha(index)}
+    states = _resumable(out, plan, conf, cfg.overwrite)
+    todo = [s for k, v in plan.items() for s in v if s["name"] not in states[k]]
+    room = _check_room(cfg, out, index, todo, remote=is_remote(out_uri))
     return {"shards": cfg.shards, "out": out_uri, "folds": sorted(plan),
             "samples_per_fold": {str(k): sum(len(s["pairs"]) for s in v) for k, v in plan.items()},
             "shards_planned": sum(len(v) for v in plan.values()),
-            "shards_done": 0 if cfg.overwrite else sum(
-                1 for k, v in plan.items() for s in v
-                if (_fold_out(out, k) / STATE_DIR / f"{s['name']}.json").is_file()),
-            "alpha": cfg.alpha, "copies": cfg.copies, "seed": cfg.seed, "formats": list(cfg.formats)}
+            "shards_done": sum(len(v) for v in states.values()),
+            "alpha": cfg.alpha, "copies": cfg.copies, "seed": cfg.seed, "formats": list(cfg.formats), **room}
+
+
+def _per_shard(cfg: MixConfig, index: dict[str, Any]) -> int:
+    """Mixed samples per shard (part of the plan: it must not change, or a resume would not match)."""
+    return max(1, int(cfg.shard_size_mb * 1e6) // sample_nbytes(index["sample"]["num_frames"],
+                                                                 index["sample"]["frame_size"]))
+
+
+def _nbytes(index: dict[str, Any]) -> int:
+    """Upper estimate of one sample's bytes (format.sample_nbytes) for the samples of `index`."""
+    return sample_nbytes(index["sample"]["num_frames"], index["sample"]["frame_size"], len(index["classes"]))
+
+
+def _resumable(out: Path, plan: dict[int, list[dict[str, Any]]], conf: dict[str, Any], overwrite: bool,
+               sizes: dict[int, dict[str, int] | None] | None = None) -> dict[int, dict[str, dict]]:
+    """Per fold, the done-files of the shards a resume keeps (none with `overwrite`); writes nothing.
+
+    Refuses (ShardError) a fold folder that leads out of `out` (a planted symlink) and, unless
+    `overwrite`, mixed shards of another config in it."""
+    states: dict[int, dict[str, dict]] = {}
+    for k, shards_k in plan.items():
+        resolve_inside(out, fold_dirname(k), out, f"the folder of fold {k}",
+                       "remove that symlink; mix-offline writes each fold inside its --out")
+        states[k] = {}
+        if overwrite:
+            continue
+        fout = _fold_out(out, k)
+        why = _plan_conflict(fout, conf, shards_k)
+        if why:
+            raise ShardError(why)
+        for s in shards_k:
+            state = load_done(fout, s["name"], (sizes or {}).get(k))
+            if state is not None:
+                states[k][s["name"]] = state
+    return states
+
+
+def _check_room(cfg: MixConfig, out: Path, index: dict[str, Any], todo: list[dict[str, Any]],
+                remote: bool) -> dict[str, int]:
+    """Refuse (ShardError) when the mixed shards left to write do not fit on the disk of `out`
+    (with what --overwrite deletes first); -> {"bytes_needed", "bytes_free"}. A remote output is
+    written through the local cache a few shards at a time: no check."""
+    samples = sum(len(s["pairs"]) for s in todo)
+    need = estimate_bytes(samples, len(todo), _nbytes(index), cfg.formats)
+    if remote:
+        return {"bytes_needed": need}
+    reclaim = 0
+    if cfg.overwrite:  # what --overwrite deletes before it writes
+        folds = sorted({s["fold"] for s in todo})
+        reclaim = sum(p.stat().st_size for k in folds for p in (_fold_out(out, k) / f for f in
+                                                                 owned_files(_fold_out(out, k))) if p.is_file())
+    free, why = check_room(out, need - reclaim)
+    if why:
+        raise ShardError(f"{why}: {samples} mixed samples ({cfg.copies} copies of each training clip) x "
+                         f"{len(cfg.formats)} format(s) x {_nbytes(index) / 1e6:.2f} MB a sample; free space there, "
+                         "lower --copies, mix one --fold, write one --format, or choose another --out")
+    return {"bytes_needed": need, "bytes_free": free}
 
 
 @dataclass
@@ -232,13 +291,22 @@ def _fold_out(out: Path, fold: int) -> Path:
 def mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> MixSummary:
     """Write MIDAS-mixed copies of every fold's training set; resumes an interrupted run."""
+    out = local_dir(cfg.out or (cfg.shards.rstrip("/") + "/mixed"))
     try:
-        with hold_output(local_dir(cfg.out or (cfg.shards.rstrip("/") + "/mixed"))):
-            return _mix_offline(cfg, ray_cfg, on_progress)
+        with hold_output(out):
+            try:
+                return _mix_offline(cfg, ray_cfg, on_progress)
+            except (ShardError, OSError):  # a full disk: no temporary of a shard in flight stays
+                with contextlib.suppress(OSError):
+                    for fold in out.glob("fold=*"):
+                        if fold.is_dir() and is_inside(out, fold.name):
+                            remove_temporaries(fold)
+                raise
     except OutputLocked as e:
         raise ShardError(str(e)) from None
     except OSError as e:
-        raise ShardError(f"cannot write the mixed shards: {e}; finished shards are kept and a re-run resumes") from e
+        raise ShardError(f"cannot write the mixed shards: {e}; the finished shards are kept and no temporary is "
+                         "left: free space and re-run, it resumes") from e
 
 
 def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
@@ -265,16 +333,22 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
 
     clips = [c for c in pq.read_table(shards / "clips.parquet").to_pylist() if c["status"] == "written"]
     _check_sources(shards, index, clips)
-    sample_cfg = index["sample"]
-    per_shard = max(1, int(cfg.shard_size_mb * 1e6) // sample_nbytes(sample_cfg["num_frames"],
-                                                                     sample_cfg["frame_size"]))
+    per_shard = _per_shard(cfg, index)
     plan = plan_mix(clips, cfg, per_shard)
     summary = MixSummary(out=out_uri, folds=sorted(plan))
     total = sum(len(s["pairs"]) for shards_k in plan.values() for s in shards_k)
 
     conf = config_to_dict(cfg) | {"source_index_sha256": _sha(index)}
-    todo: list[tuple[int, dict[str, Any]]] = []
-    states: dict[int, dict[str, dict]] = {}
+    # First what is done and whether the rest fits (nothing written), then the folders are prepared.
+    sizes: dict[int, dict[str, int] | None] = {}
+    if out_remote and not cfg.overwrite:
+        for k in plan:
+            sizes[k] = remote_sizes(f"{out_remote}/{fold_dirname(k)}")
+            pull(f"{out_remote}/{fold_dirname(k)}", _fold_out(out, k),
+                 [r for r in sizes[k] if r.startswith(f"{STATE_DIR}/")], sizes[k])
+    states = _resumable(out, plan, conf, cfg.overwrite, sizes)
+    todo = [(k, s) for k, shards_k in plan.items() for s in shards_k if s["name"] not in states[k]]
+    _check_room(cfg, out, index, [s for _, s in todo], remote=bool(out_remote))
     for k, shards_k in plan.items():
         fout = _fold_out(out, k)
         fold_uri = f"{out_remote}/{fout.name}" if out_remote else ""
@@ -286,22 +360,9 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
                 remove_remote_outputs(fold_uri)
         fout.mkdir(parents=True, exist_ok=True)
         remove_temporaries(fout)
-        sizes = None
-        if fold_uri:
-            sizes = remote_sizes(fold_uri)
-            pull(fold_uri, fout, [r for r in sizes if r.startswith(f"{STATE_DIR}/")], sizes)
         _check_plan(fout, conf, shards_k)
         if fold_uri:
             push(fout, fold_uri, [f"{STATE_DIR}/plan.json"])
-        states[k] = {}
-        for s in shards_k:
-            p = fout / STATE_DIR / f"{s['name']}.json"
-            if p.is_file():
-                st = json.loads(p.read_text())
-                if entries_present(fout, st["entries"], sizes):
-                    states[k][s["name"]] = st
-                    continue
-            todo.append((k, s))
     summary.shards_resumed = sum(len(v) for v in states.values())
 
     done = sum(len(s["pairs"]) for k, shards_k in plan.items() for s in shards_k if s["name"] in states[k])
@@ -315,6 +376,7 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
         index_ref = ray.put(index)
         pending: dict[Any, tuple[int, dict]] = {}
         queue = list(todo)
+        failed: Any = None  # the first failed task: no new one starts, the ones in flight finish
         try:
             while queue or pending:
                 while queue and len(pending) < workers:
@@ -327,7 +389,12 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     k, s = pending.pop(ref)
-                    state = ray.get(ref)
+                    try:
+                        state = ray.get(ref)
+                    except ray.exceptions.RayTaskError as e:  # each task removes its own temporaries
+                        failed = failed or e
+                        queue.clear()
+                        continue
                     states[k][s["name"]] = state
                     summary.bytes += sum(e["bytes"] + e.get("idx", {}).get("bytes", 0) for e in state["entries"])
                     done += len(s["pairs"])
@@ -337,13 +404,16 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
                     if out_remote:
                         push(_fold_out(out, k), f"{out_remote}/{_fold_out(out, k).name}", [INDEX_NAME])
                     fault_point("build.shard_done")
-        except ray.exceptions.RayTaskError as e:
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, ShardError):  # a damaged source: its own message, no remote traceback
-                raise ShardError(str(cause)) from None
-            raise ShardError(f"a mix task failed; finished shards are kept and a re-run resumes: {e}") from e
         finally:
             shutdown_ray(started)
+        if failed is not None:
+            cause = getattr(failed, "cause", None)
+            if isinstance(cause, ShardError):  # a damaged source: its own message, no remote traceback
+                raise ShardError(str(cause)) from None
+            if isinstance(cause, OSError):  # a full disk: which file, how much room was left
+                raise ShardError(f"cannot write the mixed shards: {cause}; the finished shards are kept and no "
+                                 "temporary is left: free space and re-run, it resumes") from None
+            raise ShardError(f"a mix task failed; finished shards are kept and a re-run resumes: {failed}") from failed
 
     lams = []
     for k in plan:
@@ -382,9 +452,12 @@ def _plan_conflict(fout: Path, conf: dict[str, Any], shards: list[dict[str, Any]
     path = fout / STATE_DIR / "plan.json"
     ignore = ("overwrite", "out", "shards", "fold")  # a fold's plan depends on (seed, fold, copy) only
     mine = {k: v for k, v in conf.items() if k not in ignore}
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         return ""
-    old = json.loads(path.read_text())
+    old = json_or_none(path) if is_inside(fout, f"{STATE_DIR}/plan.json") else None
+    if not isinstance(old, dict) or not isinstance(old.get("config"), dict):
+        return (f"{path} is not a mix plan (garbled, or a link out of {fout}); pass --overwrite to rebuild "
+                f"{fout} or choose another --out")
     if old.get("format_version", 1) != FORMAT_VERSION:
         return (f"{fout} holds mixed shards of format version {old.get('format_version', 1)}, this midas-prep "
                 f"writes version {FORMAT_VERSION}; pass --overwrite to rebuild them or choose another --out")

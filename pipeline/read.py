@@ -19,9 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.format import FORMAT_VERSION, INDEX_NAME, MEMBERS, MIXED_DIR, ShardError, npy_bytes, read_index
+from pipeline.format import (
+    FORMAT_VERSION,
+    INDEX_NAME,
+    MEMBERS,
+    MIXED_DIR,
+    STATE_DIR,
+    ShardError,
+    entry_paths,
+    npy_bytes,
+    read_index,
+)
 
-__all__ = ["load_index", "open_index", "check_files", "SampleReader", "parse_idx", "load_idx",
+__all__ = ["load_index", "open_index", "outside_fix", "check_files", "SampleReader", "parse_idx", "load_idx",
            "sample_spec", "check_arrays", "decode_members", "decode_parquet_row", "read_sample"]
 
 logger = logging.getLogger(__name__)
@@ -33,6 +43,13 @@ def _remedy(root: Path, overwrite: bool = False) -> str:
     if root.parent.name == MIXED_DIR and root.name.startswith("fold="):
         return f"`midas-prep mix-offline --shards {root.parent.parent} --fold {root.name[5:]}{flag}`"
     return f"`midas-prep build-shards DATASET --out {root}{flag}`"
+
+
+def outside_fix(root: Path) -> str:
+    """What to do about an index.json of `root` that lists a path outside it (hand-edited or planted)."""
+    top = root.parent.parent if root.parent.name == MIXED_DIR and root.name.startswith("fold=") else root
+    return (f"`midas-prep verify {top} --repair` rewrites {root / INDEX_NAME} from {root / STATE_DIR}/ "
+            f"(or rebuild with {_remedy(root, overwrite=True)})")
 
 
 def load_index(root: str | Path) -> dict[str, Any] | None:
@@ -70,12 +87,15 @@ def _sha256(path: Path) -> str:
 
 
 def check_files(shards: Path, entries: list[dict[str, Any]], sha256: bool = True) -> list[str]:
-    """Problems with the listed files (missing, size, sha256), each naming the file."""
+    """Problems with the listed files (missing, size, sha256), each naming the file.
+
+    A listed path that leads out of `shards` is a ShardError (resolve_inside): nothing outside
+    is opened, not even to be measured."""
+    shards = Path(shards)
     problems = []
     for e in entries:
-        files = [e] + ([e["idx"]] if "idx" in e else [])
-        for f in files:
-            p = Path(shards) / f["path"]
+        paths = entry_paths(shards, e, shards / INDEX_NAME, outside_fix(shards))
+        for f, p in zip([e] + ([e["idx"]] if "idx" in e else []), paths, strict=True):
             if not p.is_file():
                 problems.append(f"{p}: missing")
             elif p.stat().st_size != f["bytes"]:
@@ -231,16 +251,19 @@ class SampleReader:
         self.root = Path(shards)
         self.spec = sample_spec(index)
         self._where: dict[str, tuple[str, Any]] = {}
+        source, fix = self.root / INDEX_NAME, outside_fix(self.root)
         tars = [e for e in index["shards"] if e["format"] == "webdataset"]
         if tars:
             for e in tars:
-                for key, members in load_idx(self.root / e["idx"]["path"], self.root):
+                idx = entry_paths(self.root, e, source, fix)[-1]  # [tar, .idx]
+                for key, members in load_idx(idx, self.root):
                     self._where[key] = ("webdataset", (e["path"], members))
         else:
             import pyarrow.parquet as pq
 
             for e in index["shards"]:
-                keys = pq.read_table(self.root / e["path"], columns=["key"]).column("key").to_pylist()
+                path = entry_paths(self.root, e, source, fix)[0]
+                keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
                 for row, key in enumerate(keys):
                     self._where[key] = ("parquet", (e["path"], row))
         self._files: dict[str, Any] = {}

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pipeline.format import resolve_inside
+
 __all__ = ["is_remote", "filesystem", "cache_dir", "local_dir", "remote_sizes", "pull", "push", "delete_all",
            "delete_keys"]
 
@@ -75,14 +77,16 @@ def pull(uri: str, local: Path, rels: Iterable[str], sizes: dict[str, int] | Non
     sizes = remote_sizes(uri) if sizes is None else sizes
     fetched = 0
     for rel in rels:
-        dst = local / rel
         if rel not in sizes:
             continue
+        # a key named in a remote index.json must land inside the cache folder, never beside it
+        dst = resolve_inside(local, rel, uri, "an object to fetch", "fix that index.json on the remote")
         if dst.is_file() and dst.stat().st_size == sizes[rel]:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(dst.name + ".tmp")
-        with filesys.open_input_stream(f"{base}/{rel}") as src, open(tmp, "wb") as f:
+        tmp.unlink(missing_ok=True)
+        with filesys.open_input_stream(f"{base}/{rel}") as src, open(tmp, "xb") as f:
             while chunk := src.read(1 << 22):
                 f.write(chunk)
         os.replace(tmp, dst)

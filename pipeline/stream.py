@@ -32,11 +32,17 @@ pipeline from it, so a restored loader continues the epoch with the same batches
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import json
 import logging
 import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +50,21 @@ import numpy as np
 
 from pipeline.config import ConfigError, StreamConfig
 from pipeline.datasets.records import clip_id_of_key
-from pipeline.format import INDEX_NAME, ShardError, entry_files, mixed_dir, mixed_rel
-from pipeline.read import check_files, load_idx, open_index, read_sample, sample_spec
+from pipeline.format import (
+    INDEX_NAME,
+    MIXED_DIR,
+    ShardError,
+    entry_files,
+    entry_paths,
+    mixed_dir,
+    mixed_rel,
+    resolve_inside,
+)
+from pipeline.read import check_files, load_idx, open_index, outside_fix, read_sample, sample_spec
 from pipeline.remote import is_remote, local_dir, pull
 
 __all__ = ["list_samples", "choose_val_clips", "epoch_order", "ShardSource", "midas_graph", "create_loader",
-           "MidasLoader", "resolve_device", "auto_workers", "bench_loader"]
+           "MidasLoader", "resolve_device", "auto_workers", "bench_loader", "guard_reader"]
 
 logger = logging.getLogger(__name__)
 # How reader processes start: "auto" spawns them for a GPU loader or once CUDA is initialised in this
@@ -149,6 +164,8 @@ def list_samples(cfg: StreamConfig) -> list[tuple[str, str, str, Any]]:
         raise ShardError(f"{root} has no {fmt} shards (it has {sorted(formats)})")
     sources = [(root, _select(index, cfg, fmt))]
     if cfg.offline_mixed and cfg.split == "train":
+        resolve_inside(root, mixed_rel(cfg.fold), root / MIXED_DIR, f"the folder of fold {cfg.fold}",
+                       "remove that symlink; mix-offline writes the mixed folds inside the shards")
         mroot = mixed_dir(root, cfg.fold)
         if is_remote(cfg.shards):
             pull(f"{cfg.shards.rstrip('/')}/{mixed_rel(cfg.fold)}", mroot, [INDEX_NAME])
@@ -157,6 +174,9 @@ def list_samples(cfg: StreamConfig) -> list[tuple[str, str, str, Any]]:
             raise ShardError(f"{mroot} holds samples of {sample_spec(mindex)}, {root} of {sample_spec(index)}: "
                              f"re-run `midas-prep mix-offline --shards {root} --fold {cfg.fold} --overwrite`")
         sources.append((mroot, _select(mindex, cfg, fmt)))
+    # every listed path stays inside its folder before anything is fetched, measured or read
+    paths = {id(e): entry_paths(base, e, base / INDEX_NAME, outside_fix(base)) for base, entries in sources
+             for e in entries}
     if is_remote(cfg.shards):
         for base, entries in sources:
             rel_base = base.relative_to(root).as_posix()
@@ -171,9 +191,9 @@ def list_samples(cfg: StreamConfig) -> list[tuple[str, str, str, Any]]:
     shards: list[tuple[dict[str, Any], list[tuple[str, str, str, Any]], bool]] = []
     for n, (base, entries) in enumerate(sources):
         for e in sorted(entries, key=lambda e: e["path"]):
-            path = str((base / e["path"]).resolve())
+            path = str(paths[id(e)][0].resolve())
             if fmt == "webdataset":
-                rows = [(key, fmt, path, members) for key, members in load_idx(base / e["idx"]["path"], base)]
+                rows = [(key, fmt, path, members) for key, members in load_idx(paths[id(e)][-1], base)]
             else:
                 rows = [(f"{e['path']}#{row}", fmt, path, row) for row in range(e["samples"])]
             shards.append((e, rows, n > 0))
@@ -218,6 +238,51 @@ def auto_workers(cfg: StreamConfig, device: str) -> tuple[int, int, int]:
     return cfg.num_threads or threads, cfg.py_workers or workers, cfg.prefetch or prefetch
 
 
+# --- reader processes end with the process that made the loader ---------------------------------------------
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_WATCH_S = 0.5  # how often a reader checks that its parent is still there
+_guarded = 0  # the pid of this process once its guard is up
+_forking: tuple[int, bool] | None = None  # (owner pid, parent-death signal) while MidasLoader forks its readers
+
+
+def guard_reader(owner: int, pdeathsig: bool) -> None:
+    """Make this reader process end when `owner`, the process that built the loader, ends (kill -9 too).
+
+    DALI's reader processes do not notice on their own: after a kill -9 of the trainer they stayed
+    alive under init, ignoring SIGTERM. Two guards: the kernel's parent-death signal (Linux; it
+    fires when the *thread* that started the reader exits, so it is asked for only when the loader
+    was built on the main thread) and a watchdog thread that polls the parent pid and exits the
+    moment it changes (any POSIX system). Idempotent; does nothing in `owner` itself."""
+    global _guarded
+    me = os.getpid()
+    if me in (owner, _guarded):
+        return
+    _guarded = me
+    if pdeathsig and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != owner:  # the owner died before the guard was up: nothing would signal it now
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(owner,), name="midas-reader-watchdog", daemon=True).start()
+
+
+def _watch_parent(owner: int) -> None:
+    while os.getppid() == owner:
+        time.sleep(_WATCH_S)
+    os._exit(1)  # no cleanup to run: a reader only reads, and its parent is gone
+
+
+def _after_fork_in_child() -> None:
+    """Readers forked by MidasLoader guard themselves before running anything else."""
+    if _forking is not None:
+        guard_reader(*_forking)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class ShardSource:
     """Per-sample callable for a parallel fn.external_source; pickled into the reader processes.
 
@@ -242,10 +307,17 @@ class ShardSource:
         self.labels = labels
         self._files: dict[str, Any] = {}
         self._order: tuple[int, np.ndarray] | None = None
+        self._owner = os.getpid()  # the reader processes die with this one (guard_reader)
+        self._pdeathsig = threading.current_thread() is threading.main_thread()
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("_files", "_order")} | {"_files": {},
                                                                                            "_order": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if os.getppid() == self._owner:  # unpickled in a reader the loader's process spawned
+            guard_reader(self._owner, self._pdeathsig)
 
     def rank_order(self, epoch: int) -> np.ndarray:
         if self._order is None or self._order[0] != epoch:
@@ -284,6 +356,8 @@ class ShardSource:
     def __call__(self, info: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sample `info.idx_in_batch` of batch `info.iteration` of epoch `info.epoch_idx`:
         (frames, label, [sample position, hard label, 1 if padding else 0])."""
+        if _guarded != os.getpid():  # the first call in a reader process
+            guard_reader(self._owner, self._pdeathsig)
         if info.iteration >= self.batches_per_epoch():
             raise StopIteration
         order = self.rank_order(info.epoch_idx)
@@ -394,9 +468,13 @@ class MidasLoader:
         # a reader's collector never looks at the parent's objects.
         gc.collect()
         gc.freeze()
+        global _forking
+        self.source._pdeathsig = threading.current_thread() is threading.main_thread()  # the forking thread
+        _forking = (self.source._owner, self.source._pdeathsig)  # forked readers guard themselves at once
         try:
             self.pipe.build()
         finally:
+            _forking = None
             gc.unfreeze()
         self.output_map = ["frames", "soft", "sample"] + (["lam", "perm"] if debug else [])
 
@@ -457,8 +535,6 @@ class MidasLoader:
 
 def bench_loader(cfg: StreamConfig, batches: int) -> dict[str, float]:
     """Time `batches` batches (after one warm-up batch): clips/s and MB/s of clip bytes delivered."""
-    import time
-
     loader = MidasLoader(cfg)
     n = clips = 0
     nbytes = 0

@@ -6,6 +6,10 @@ holds the recorded number of samples; its .idx matches the tar; every sample's a
 with pickling off, have the index's shape and dtype, match their crc32, and the soft label
 sums to 1. `--repair` deletes the damaged shards and re-runs build-shards / mix-offline
 with the config stored in index.json, which rebuilds exactly those shards (resume).
+
+Nothing outside the output is read or deleted: an index entry whose path leads out of it
+(`../x`, an absolute path, a symlink out) is a problem of index.json itself, and repair
+rewrites index.json from the done-files in _state/ (a resume) instead of following it.
 """
 
 from __future__ import annotations
@@ -27,12 +31,25 @@ from pipeline.format import (
     STATE_DIR,
     ShardError,
     entry_files,
+    entry_paths,
+    is_inside,
+    is_removable,
+    is_shard_name,
     json_or_none,
     mixed_indexes,
     read_index,
+    resolve_inside,
     shard_files,
 )
-from pipeline.read import check_files, decode_members, decode_parquet_row, load_idx, load_index, sample_spec
+from pipeline.read import (
+    check_files,
+    decode_members,
+    decode_parquet_row,
+    load_idx,
+    load_index,
+    outside_fix,
+    sample_spec,
+)
 from pipeline.remote import is_remote, local_dir, pull, remote_sizes
 
 __all__ = ["Problem", "VerifyReport", "verify_shards", "repair_shards"]
@@ -46,7 +63,8 @@ class Problem:
     message: str
     sample: str = ""  # the sample key, when one sample is at fault
     shard: str = ""  # the planned shard name (part1-000003, copy0-000001)
-    index: str = ""  # the index.json that lists it
+    index: str = ""  # the index.json that lists it ("": not something repair can fix)
+    kind: str = ""  # BAD_ENTRY: index.json itself is not to be trusted (repair rewrites it from _state/)
 
     def __str__(self) -> str:
         return f"{self.path}{' sample ' + self.sample if self.sample else ''}: {self.message}"
@@ -65,13 +83,15 @@ class VerifyReport:
 
 
 UNREADABLE_INDEX = "unreadable index.json"
+BAD_ENTRY = "bad-entry"  # Problem.kind of an index entry that leads outside the output or is malformed
 
 
 def _rebuild_command(shards: Path, root: Path) -> str:
     """The command that rebuilds the output at `root` from scratch (its index.json is lost)."""
-    plan = json_or_none(root / STATE_DIR / "plan.json") or {}
+    plan = json_or_none(root / STATE_DIR / "plan.json") if is_inside(root, f"{STATE_DIR}/plan.json") else None
+    conf = plan.get("config") if isinstance(plan, dict) else None
     if root == shards:
-        dataset = (plan.get("config") or {}).get("dataset_root", "DATASET")
+        dataset = conf.get("dataset_root", "DATASET") if isinstance(conf, dict) else "DATASET"
         return f"`midas-prep build-shards {dataset} --out {root} --overwrite` (with the build's options)"
     return f"`midas-prep mix-offline --shards {shards} --out {root.parent} --overwrite` (with the mix's options)"
 
@@ -86,7 +106,8 @@ def _reason(e: ShardError) -> str:
     return str(e).split(": ", 1)[-1].replace("; run `midas-prep verify`", "")
 
 
-def _verify_tar(path: Path, entry: dict[str, Any], root: Path, spec: dict, report: VerifyReport) -> None:
+def _verify_tar(path: Path, ipath: Path | None, entry: dict[str, Any], root: Path, spec: dict,
+                report: VerifyReport) -> None:
     where = dict(path=str(path), shard=entry.get("shard", ""))
     members: dict[str, dict[str, tuple[int, int]]] = {}
     data: dict[tuple[str, str], bytes] = {}
@@ -106,8 +127,7 @@ def _verify_tar(path: Path, entry: dict[str, Any], root: Path, spec: dict, repor
     if len(members) != entry["samples"]:
         report.problems.append(Problem(message=f"{len(members)} samples, index.json says {entry['samples']}",
                                        **where))
-    if "idx" in entry and (root / entry["idx"]["path"]).is_file():
-        ipath = root / entry["idx"]["path"]
+    if ipath is not None and ipath.is_file():
         try:
             idx = dict(load_idx(ipath, root))
         except ShardError as e:
@@ -192,6 +212,11 @@ def verify_shards(shards: str | Path) -> VerifyReport:
     for ipath in paths:
         root = ipath.parent
         report.indexes.append(str(ipath))
+        if not is_inside(shards, ipath.relative_to(shards).as_posix()):
+            report.problems.append(Problem(path=str(ipath), message=(
+                f"leads (through a symlink) out of {shards}, so it was not read; mixed folds and index.json live "
+                f"inside the output: remove that link or put the real folder there")))
+            continue
         try:
             index = json.loads(ipath.read_text())
             if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
@@ -215,19 +240,37 @@ def verify_shards(shards: str | Path) -> VerifyReport:
                                            index=str(ipath)))
         for entry in index["shards"]:
             report.files += 1
-            before = len(report.problems)
-            for msg in check_files(root, [entry], sha256=True):
-                path, _, text = msg.partition(": ")
-                report.problems.append(Problem(path=path, message=text, shard=entry.get("shard", "")))
-            path = root / entry["path"]
-            if path.is_file():
-                if entry["format"] == "webdataset":
-                    _verify_tar(path, entry, root, spec, report)
-                else:
-                    _verify_parquet(path, entry, spec, report)
-            report.problems[before:] = [Problem(p.path, p.message, p.sample, p.shard or entry.get("shard", ""),
-                                                str(ipath)) for p in report.problems[before:]]
+            _verify_entry(root, ipath, entry, spec, report)
     return report
+
+
+def _verify_entry(root: Path, ipath: Path, entry: Any, spec: dict, report: VerifyReport) -> None:
+    """Check one index entry's files; an entry naming a path outside `root`, or a malformed one,
+    is a BAD_ENTRY problem of index.json, and none of its files is opened."""
+    name = entry.get("shard") if isinstance(entry, dict) else None
+    shard = name if is_shard_name(name) else ""
+    before = len(report.problems)
+    try:
+        paths = entry_paths(root, entry, ipath, outside_fix(root))
+        if not shard or entry.get("format") not in FORMAT_DIRS:
+            raise ShardError(f"{ipath}: entry {str(entry)[:80]!r} has no valid shard name or format; "
+                             f"{outside_fix(root)}")
+        for msg in check_files(root, [entry], sha256=True):
+            path, _, text = msg.partition(": ")
+            report.problems.append(Problem(path=path, message=text))
+        if paths[0].is_file():
+            if entry["format"] == "webdataset":
+                _verify_tar(paths[0], paths[1] if len(paths) > 1 else None, entry, root, spec, report)
+            else:
+                _verify_parquet(paths[0], entry, spec, report)
+    except (ShardError, KeyError, TypeError, ValueError) as e:
+        why = str(e) if isinstance(e, ShardError) else f"entry {str(entry)[:80]!r} lacks or garbles {e}"
+        del report.problems[before:]
+        report.problems.append(Problem(path=str(ipath), message=why.removeprefix(f"{ipath}: "), shard=shard,
+                                       index=str(ipath), kind=BAD_ENTRY))
+        return
+    report.problems[before:] = [replace(p, shard=p.shard or shard, index=str(ipath))
+                                for p in report.problems[before:]]
 
 
 def tar_idx(path: Path) -> bytes:
@@ -251,7 +294,9 @@ class _Job:
     index: dict[str, Any] | None  # None: index.json unreadable, rewritten by a resume
     rebuild: list[str] = field(default_factory=list)  # shard names: delete, then rebuild
     idx: dict[str, bytes] = field(default_factory=dict)  # relative .idx path -> bytes regenerated from its tar
+    delete: list[Path] = field(default_factory=list)  # files of the shards to rebuild, each checked inside root
     run: Any = None  # the rebuild: build_shards / mix_offline bound to its config
+    check: Any = None  # a check that must wait for the jobs before this one (a source index rewritten)
 
 
 def repair_shards(shards: str | Path, report: VerifyReport) -> list[str]:
@@ -277,7 +322,10 @@ def repair_shards(shards: str | Path, report: VerifyReport) -> list[str]:
             stack.enter_context(hold_output(shards))
             if any(Path(i).parent != shards for i in by_index):
                 stack.enter_context(hold_output(shards / "mixed"))
-            jobs = [_plan_repair(shards, Path(i), problems, set(by_index)) for i, problems in sorted(by_index.items())]
+            untrusted = {p.index for p in report.problems if p.kind == BAD_ENTRY}
+            jobs = [_plan_repair(shards, Path(i), problems, set(by_index), untrusted)
+                    for i, problems in sorted(by_index.items())]  # a build's index.json before its mixed folds'
+            # run in that order: a mixed job's `check` sees its source repaired
             return [name for job in jobs for name in _do_repair(shards, job)]
     except OutputLocked as e:
         raise ShardError(str(e)) from None
@@ -285,14 +333,17 @@ def repair_shards(shards: str | Path, report: VerifyReport) -> list[str]:
         raise ShardError(f"cannot repair {shards}: {e}; run verify again to see what is left") from e
 
 
-def _plan_repair(shards: Path, ipath: Path, problems: list[Problem], damaged_indexes: set[str]) -> _Job:
+def _plan_repair(shards: Path, ipath: Path, problems: list[Problem], damaged_indexes: set[str],
+                 untrusted: set[str]) -> _Job:
+    """What to delete and rerun for one index.json, every path checked before anything is deleted."""
     root = ipath.parent
+    kind = "clips" if root == shards else "mixed"
+    plan_rel = f"{STATE_DIR}/plan.json"
     if any(p.message.startswith(UNREADABLE_INDEX) for p in problems):
-        plan = json_or_none(root / STATE_DIR / "plan.json")
-        if not isinstance(plan, dict) or "config" not in plan:
-            raise ShardError(f"cannot repair {ipath}: it is unreadable and so is {root / STATE_DIR / 'plan.json'}; "
+        plan = json_or_none(root / plan_rel) if is_inside(root, plan_rel) else None
+        if not isinstance(plan, dict) or not isinstance(plan.get("config"), dict):
+            raise ShardError(f"cannot repair {ipath}: it is unreadable and so is {root / plan_rel}; "
                              f"nothing was deleted; rebuild: {_rebuild_command(shards, root)}")
-        kind = "clips" if root == shards else "mixed"
         job = _Job(root, kind, None)
         if kind == "clips":
             job.run = _build_runner(shards, root, plan["config"], {}, ipath)
@@ -302,30 +353,58 @@ def _plan_repair(shards: Path, ipath: Path, problems: list[Problem], damaged_ind
         return job
     index = read_index(root)
     assert index is not None, f"{ipath} vanished during repair"
-    job = _Job(root, index["kind"], index)
+    # An entry leading out of the output (or malformed): index.json is not followed, but rewritten
+    # by a resume from the done-files, which are checked the same way; nothing it lists is touched.
+    trusted = not any(p.kind == BAD_ENTRY for p in problems)
+    if trusted and index.get("kind") in ("clips", "mixed"):
+        kind = index["kind"]
+    job = _Job(root, kind, index if trusted else None)
     entries: dict[str, list[dict[str, Any]]] = {}
-    for e in index["shards"]:
+    for e in index["shards"] if trusted else []:
         entries.setdefault(e["shard"], []).append(e)
-    for name in sorted({p.shard for p in problems if p.shard}):
+    fix = outside_fix(root)
+    for name in sorted({p.shard for p in problems if is_shard_name(p.shard) and p.kind != BAD_ENTRY}):
         idx_only = {str(root / e["idx"]["path"]): e for e in entries.get(name, []) if "idx" in e}
-        if all(p.path in idx_only for p in problems if p.shard == name):
+        if idx_only and all(p.path in idx_only for p in problems if p.shard == name):
             fixed = {}
             for e in {id(e): e for p in problems if p.shard == name for e in [idx_only[p.path]]}.values():
                 data = _regenerated_idx(root, e)
                 if data is None:
                     break
+                resolve_inside(root, e["idx"]["path"], ipath, f"the .idx of shard {name!r}", fix)
                 fixed[e["idx"]["path"]] = data
             else:
                 job.idx |= fixed
                 continue
         job.rebuild.append(name)
-    if not job.rebuild:
+        rels = {p for p, _ in entry_files(entries.get(name, []))} | {f"{STATE_DIR}/{name}.json"}
+        rels |= {f for fmt in FORMAT_DIRS for f in shard_files(name, fmt)}
+        for rel in sorted(rels):  # a planted symlink at one of these names is unlinked, never followed
+            if not is_removable(root, rel):
+                raise ShardError(f"cannot repair {ipath}: {rel!r}, a file of shard {name!r}, is not inside {root}; "
+                                 f"nothing was deleted; {fix}")
+            job.delete.append(root / rel)
+    if trusted and not job.rebuild:
         return job
-    conf = {k: v for k, v in index["config"].items() if v is not None}
-    if job.kind == "clips":
-        job.run = _build_runner(shards, root, conf, index.get("dataset") or {}, ipath)
+    if trusted:
+        conf = index["config"]
+    elif kind == "clips":  # the plan is what a resume must match
+        plan = json_or_none(root / plan_rel) if is_inside(root, plan_rel) else None
+        conf = plan.get("config") if isinstance(plan, dict) else None
     else:
-        job.run = _mix_runner(shards, root, conf, index, damaged_indexes, ipath)
+        conf = index.get("config")
+    if not isinstance(conf, dict):
+        raise ShardError(f"cannot repair {ipath}: neither it nor {root / plan_rel} holds the config; nothing was "
+                         f"deleted; rebuild: {_rebuild_command(shards, root)}")
+    conf = {k: v for k, v in conf.items() if v is not None}
+    try:
+        if kind == "clips":
+            job.run = _build_runner(shards, root, conf, (index.get("dataset") if trusted else None) or {}, ipath)
+        else:
+            job.run, job.check = _mix_runner(shards, root, conf, index, damaged_indexes, untrusted, ipath)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ShardError(f"cannot repair {ipath}: its config is incomplete ({e!r}); nothing was deleted; "
+                         f"rebuild: {_rebuild_command(shards, root)}") from None
     return job
 
 
@@ -367,9 +446,13 @@ def _build_runner(shards: Path, root: Path, conf: dict[str, Any], dataset: dict[
 
 
 def _mix_runner(shards: Path, root: Path, conf: dict[str, Any], index: dict[str, Any],
-                damaged_indexes: set[str], ipath: Path) -> Any:
-    """mix_offline bound to the stored config, after checking the source shards are the
-    ones the mixed shards were made from and are intact (or are repaired first)."""
+                damaged_indexes: set[str], untrusted: set[str], ipath: Path) -> tuple[Any, Any]:
+    """(mix_offline bound to the stored config, a check left for later or None), after checking the
+    source shards are the ones the mixed shards were made from and are intact (or are repaired first).
+
+    A source index.json that repair rewrites from _state/ (it listed a path out of the output) cannot
+    be compared with the one the mixed shards record until it is rewritten: that check is returned,
+    to run after the source's repair and before anything of the mixed shards is deleted."""
     from pipeline.config import ConfigError, MixConfig, load_config
     from pipeline.format import INDEX_NAME
     from pipeline.mix import _sha, mix_offline
@@ -386,34 +469,39 @@ def _mix_runner(shards: Path, root: Path, conf: dict[str, Any], index: dict[str,
         if problems:
             raise ShardError(f"cannot repair {ipath}: {len(problems)} source shard problem(s) ({problems[0]}); "
                              "nothing was deleted")
-    if conf.get("source_index_sha256") not in (None, _sha(src_index)):
-        raise ShardError(f"cannot repair {ipath}: it was mixed from another build than {source}; nothing was "
-                         f"deleted; rebuild: {_rebuild_command(shards, root)}")
+    recorded = conf.get("source_index_sha256")
+
+    def check_source() -> None:
+        src = read_index(source)
+        if recorded not in (None, _sha(src or {"shards": []})):
+            raise ShardError(f"cannot repair {ipath}: it was mixed from another build than {source}; nothing was "
+                             f"deleted; rebuild: {_rebuild_command(shards, root)}")
+
+    later = check_source if str(source / INDEX_NAME) in untrusted else None
+    if later is None:
+        check_source()
     conf = {k: v for k, v in conf.items() if k != "source_index_sha256"}
     conf |= {"shards": str(source), "out": str(root.parent), "overwrite": False, "fold": index["fold"]}
     try:
         cfg = load_config(MixConfig, None, conf)
     except ConfigError as e:
         raise ShardError(f"cannot repair {ipath}: its config does not load ({e}); nothing was deleted") from None
-    return lambda: mix_offline(cfg)
+    return (lambda: mix_offline(cfg)), later
 
 
 def _do_repair(shards: Path, job: _Job) -> list[str]:
     from pipeline.write import atomic_write
 
     prefix = "" if job.root == shards else job.root.relative_to(shards).as_posix() + "/"
+    if job.check is not None:  # a check that had to wait for an earlier job: still before any deletion
+        job.check()
     done = []
     for rel, data in sorted(job.idx.items()):
         atomic_write(job.root / rel, data)
         done.append(f"{prefix}{rel}")
-    entries = job.index["shards"] if job.index else []
-    for name in job.rebuild:
-        mine = [e for e in entries if e["shard"] == name]
-        rels = {p for p, _ in entry_files(mine)} | {f for fmt in FORMAT_DIRS for f in shard_files(name, fmt)}
-        for rel in sorted(rels):
-            (job.root / rel).unlink(missing_ok=True)
-        (job.root / STATE_DIR / f"{name}.json").unlink(missing_ok=True)
-        done.append(f"{prefix}{name}")
+    for path in job.delete:
+        path.unlink(missing_ok=True)
+    done += [f"{prefix}{name}" for name in job.rebuild]
     if job.run is not None:
         job.run()
         if job.index is None:

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable
@@ -31,8 +32,13 @@ from pipeline.format import (
     REJECTS_NAME,
     STATE_DIR,
     TMP_SUFFIX,
+    ShardError,
     entry_files,
+    entry_paths,
     idx_path,
+    is_inside,
+    is_removable,
+    is_shard_name,
     json_or_none,
     npy_bytes,
     shard_files,
@@ -47,6 +53,8 @@ __all__ = [
     "write_parquet",
     "write_shard_files",
     "entries_present",
+    "load_done",
+    "WriteFailed",
     "atomic_write",
     "write_index",
     "write_clips_table",
@@ -54,6 +62,10 @@ __all__ = [
     "owned_files",
     "remove_temporaries",
     "remove_outputs",
+    "estimate_bytes",
+    "free_bytes",
+    "check_room",
+    "human_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -190,6 +202,7 @@ class _HashingWriter:
         self.f, self.sha, self.nbytes = f, hashlib.sha256(), 0
 
     def write(self, data: Any) -> int:
+        fault_point("write.data")  # a disk that fills up in the middle of a file
         self.sha.update(data)
         self.nbytes += len(data)
         return self.f.write(data)
@@ -205,19 +218,46 @@ class _HashingWriter:
         return self.f.closed
 
 
+def _open_tmp(tmp: Path) -> Any:
+    """A fresh `<name>.tmp` for writing. A leftover of a killed run is replaced, and a symlink
+    planted under that name is removed, never written through ("x" does not follow one)."""
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.unlink(missing_ok=True)
+    return open(tmp, "xb")
+
+
+class WriteFailed(OSError):
+    """A write that failed (a full disk), its message naming the file and the room left there."""
+
+
+def _write_failed(e: OSError, path: Path) -> OSError:
+    """A failed write as one line naming the file and the room left where it goes (a full disk)."""
+    if isinstance(e, WriteFailed):  # already named (the .idx of a tar)
+        return e
+    try:
+        room = f"{human_bytes(free_bytes(path.parent))} free there"
+    except OSError:
+        room = "free space unknown"
+    return WriteFailed(e.errno, f"{e.strerror or e} writing {path} ({room})")
+
+
 def _write_atomic(path: Path, fill: Callable[[Any], Any], point: str = "") -> tuple[Any, int, str]:
     """Call fill(file) on `<path>.tmp`, fsync, rename to `path`: nothing partial ever has a
-    final name. Returns (fill's result, bytes, sha256)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    final name, and a failed write (a full disk) removes its temporary and names `path`.
+    Returns (fill's result, bytes, sha256)."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        w = _HashingWriter(f)
-        result = fill(w)
-        f.flush()
-        os.fsync(f.fileno())
-    if point:
-        fault_point(point)
-    os.replace(tmp, path)
+    try:
+        with _open_tmp(tmp) as f:
+            w = _HashingWriter(f)
+            result = fill(w)
+            f.flush()
+            os.fsync(f.fileno())
+        if point:
+            fault_point(point)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _write_failed(e, path) from None
     return result, w.nbytes, w.sha.hexdigest()
 
 
@@ -245,16 +285,19 @@ def write_shard_files(
             # The tar is written under a temp name, then its .idx, then the tar is renamed:
             # a visible .tar always has its .idx.
             tar_tmp = out / (rel + TMP_SUFFIX)
-            tar_tmp.parent.mkdir(parents=True, exist_ok=True)
-            with open(tar_tmp, "wb") as f:
-                w = _HashingWriter(f)
-                idx = write_tar(w, samples)
-                f.flush()
-                os.fsync(f.fileno())
-            idx_rel = idx_path(shard)
-            _, idx_bytes, idx_sha = _write_atomic(out / idx_rel, lambda f, idx=idx: f.write(idx))
-            fault_point("write.shard_tmp")
-            os.replace(tar_tmp, out / rel)
+            try:
+                with _open_tmp(tar_tmp) as f:
+                    w = _HashingWriter(f)
+                    idx = write_tar(w, samples)
+                    f.flush()
+                    os.fsync(f.fileno())
+                idx_rel = idx_path(shard)
+                _, idx_bytes, idx_sha = _write_atomic(out / idx_rel, lambda f, idx=idx: f.write(idx))
+                fault_point("write.shard_tmp")
+                os.replace(tar_tmp, out / rel)
+            except OSError as e:
+                tar_tmp.unlink(missing_ok=True)
+                raise _write_failed(e, out / rel) from None
             entry |= {"bytes": w.nbytes, "sha256": w.sha.hexdigest(),
                       "idx": {"path": idx_rel, "bytes": idx_bytes, "sha256": idx_sha}}
         else:
@@ -271,6 +314,34 @@ def entries_present(out: Path, entries: list[dict[str, Any]], sizes: dict[str, i
     if sizes is not None:
         return all(sizes.get(p) == n for p, n in entry_files(entries))
     return all((out / p).is_file() and (out / p).stat().st_size == n for p, n in entry_files(entries))
+
+
+def load_done(out: Path, shard: str, sizes: dict[str, int] | None = None) -> dict[str, Any] | None:
+    """The done-file of planned shard `shard` when it is whole and every file it lists is there
+    (inside `out`, with the recorded size; on the local disk or in `sizes`); else None, and the
+    shard is written again. A done-file that is garbled or lists a path outside `out` is
+    never followed: a warning names it and why."""
+    rel = f"{STATE_DIR}/{shard}.json"
+    path = out / rel
+    if not path.is_file() and not path.is_symlink():
+        return None
+    state = json_or_none(path) if is_inside(out, rel) else None
+    try:
+        if not is_inside(out, rel):
+            raise ShardError(f"{path}: a symlink out of {out}, not followed")
+        if not isinstance(state, dict) or not isinstance(state.get("entries"), list):
+            raise ShardError(f"{path}: not a done-file")
+        for e in state["entries"]:
+            entry_paths(out, e, path, "the shard is written again")
+        present = entries_present(out, state["entries"], sizes)
+    except (ShardError, KeyError, TypeError) as e:  # garbled: the shard is built again
+        logger.warning("%s; rebuilding shard %s", e if isinstance(e, ShardError) else f"{path}: garbled ({e})",
+                       shard)
+        return None
+    if not present:
+        logger.warning("shard %s is incomplete on disk; rebuilding it", shard)
+        return None
+    return state
 
 
 def write_index(out: Path, doc: dict[str, Any]) -> None:
@@ -323,47 +394,56 @@ def write_rejects_table(out: Path, rows: list[dict[str, Any]]) -> None:
         [{k: r.get(k) for k in ("clip_id", "source", "stage", "error")} for r in rows], schema))
 
 
+def _json_inside(out: Path, rel: str) -> Any:
+    """json_or_none of `out / rel`, or None when that path leads out of `out` (a planted symlink)."""
+    return json_or_none(out / rel) if is_inside(out, rel) else None
+
+
 def owned_files(out: Path) -> set[str]:
     """Relative paths of every file under `out` that build-shards or mix-offline writes there, as
     far as `out` itself records them: index.json, clips.parquet, rejects.parquet, _state/plan.json,
     the done-file of every planned shard, and each shard's files (listed in index.json, in a
-    done-file, or named by the plan). Anything else under `out` belongs to someone else."""
+    done-file, or named by the plan). Anything else under `out` belongs to someone else.
+
+    Only paths that stay inside `out` are returned (is_removable): a listed `../x`, an absolute
+    path or a file in a folder symlinked out of `out` is ignored (a symlink planted at one of
+    our names is returned: deleting it removes the link only), and a name that is not a shard
+    name is no name. The JSON files are read only when they resolve inside `out`."""
     out = Path(out)
     files = {INDEX_NAME, CLIPS_NAME, REJECTS_NAME, PLAN_NAME}
     shards: set[str] = set()
-    plan = json_or_none(out / PLAN_NAME)
-    if isinstance(plan, dict):
-        shards |= {s["name"] for s in plan.get("shards", []) if isinstance(s, dict)}
+    plan = _json_inside(out, PLAN_NAME)
+    if isinstance(plan, dict) and isinstance(plan.get("shards"), list):
+        shards |= {s.get("name") for s in plan["shards"] if isinstance(s, dict) and is_shard_name(s.get("name"))}
     entries: list[dict[str, Any]] = []
-    index = json_or_none(out / INDEX_NAME)
-    if isinstance(index, dict):
-        entries += [e for e in index.get("shards", []) if isinstance(e, dict)]
-    for done in (out / STATE_DIR).glob("*.json") if (out / STATE_DIR).is_dir() else ():
-        state = json_or_none(done) if done.stem in shards else None
-        if isinstance(state, dict):
-            entries += [e for e in state.get("entries", []) if isinstance(e, dict)]
+    index = _json_inside(out, INDEX_NAME)
+    if isinstance(index, dict) and isinstance(index.get("shards"), list):
+        entries += [e for e in index["shards"] if isinstance(e, dict)]
+    for name in sorted(shards):
+        state = _json_inside(out, f"{STATE_DIR}/{name}.json")
+        if isinstance(state, dict) and isinstance(state.get("entries"), list):
+            entries += [e for e in state["entries"] if isinstance(e, dict)]
     for e in entries:
-        shards.add(e.get("shard", ""))
-        files.add(e.get("path", ""))
+        if is_shard_name(e.get("shard")):
+            shards.add(e["shard"])
+        files.add(e.get("path"))
         if isinstance(e.get("idx"), dict):
-            files.add(e["idx"].get("path", ""))
+            files.add(e["idx"].get("path"))
     for name in shards:
-        if name:
-            files.add(f"{STATE_DIR}/{name}.json")
-            files.update(f for fmt in FORMAT_DIRS for f in shard_files(name, fmt))
-    # a listed path that climbs out of `out` (a hand-edited index.json) is never ours
-    return {f for f in files if f and not Path(f).is_absolute() and ".." not in Path(f).parts}
+        files.add(f"{STATE_DIR}/{name}.json")
+        files.update(f for fmt in FORMAT_DIRS for f in shard_files(name, fmt))
+    return {f for f in files if is_removable(out, f)}
 
 
 def remove_temporaries(out: Path) -> int:
     """Delete the `<name>.tmp` files a killed run left beside the files it writes; returns how many.
 
     Only temporaries of our own file names are touched (owned_files): a user's `thesis.tmp`
-    next to the shards stays."""
+    next to the shards stays, and so does anything a symlink leads to."""
     n = 0
     for rel in sorted(owned_files(out)):
         tmp = Path(out) / (rel + TMP_SUFFIX)
-        if tmp.is_file():
+        if (tmp.is_file() or tmp.is_symlink()) and is_removable(out, rel + TMP_SUFFIX):
             tmp.unlink()
             n += 1
     return n
@@ -384,6 +464,51 @@ def remove_outputs(out: Path) -> int:
             n += 1
         dirs.update(p for p in path.parents if p != out and out in p.parents)
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-        if d.is_dir() and not any(d.iterdir()):
+        if d.is_dir() and not d.is_symlink() and not any(d.iterdir()):
             d.rmdir()
     return n
+
+
+# --- room on the disk -----------------------------------------------------------------------------------------
+
+SPACE_MARGIN = 0.05  # the estimate is an upper bound already; this covers what else writes to the disk
+_SHARD_OVERHEAD = 32 * 1024  # per shard file: a tar's end blocks and record padding, a Parquet footer
+_META_PER_SAMPLE = 2048  # per sample: its .idx line, Parquet row-group metadata, its row in the tables
+_META_PER_SHARD = 8192  # per shard: its done-file and index.json entries
+
+
+def estimate_bytes(samples: int, shards: int, nbytes: int, formats: tuple[str, ...] | list[str]) -> int:
+    """Upper estimate of the bytes `shards` shards holding `samples` samples of `nbytes` each
+    (format.sample_nbytes: T x S x S x 3 + headers) take in every format of `formats`.
+
+    Parquet frames are counted as the tar holds them, uncompressed: zstd gains a little on
+    face crops, and an estimate must not come out short."""
+    per_format = samples * nbytes + shards * _SHARD_OVERHEAD
+    return per_format * len(formats) + samples * _META_PER_SAMPLE + shards * _META_PER_SHARD
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free to this user on the filesystem of `path` (its nearest existing folder)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def check_room(out: Path, need: int) -> tuple[int, str]:
+    """(bytes free at `out`, "" when `need` bytes and the margin fit there, else a sentence saying
+    how much is needed and how much is free; the caller adds what to do)."""
+    free = free_bytes(out)
+    if need * (1 + SPACE_MARGIN) <= free:
+        return free, ""
+    return free, (f"{out} needs about {human_bytes(need)} (+{SPACE_MARGIN:.0%} margin) and its disk has "
+                  f"{human_bytes(free)} free")
+
+
+def human_bytes(n: float) -> str:
+    """1234567 -> '1.2 MB' (powers of 1000, as `df -H` prints them)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
