@@ -26,7 +26,6 @@ WORKDIR /opt/midas-prep
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY train ./train
-COPY configs ./configs
 # the package itself (its dependencies are pinned by pyproject.toml's ranges)
 # hadolint ignore=DL3013
 RUN pip install . && useradd --create-home --uid 1000 midas
