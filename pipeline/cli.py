@@ -26,6 +26,7 @@ from pipeline.config import (
     WriteConfig,
     load_config,
     parse_set,
+    shipped_configs,
 )
 from pipeline.errors import LayoutError
 
@@ -84,12 +85,13 @@ class _Progress:
             self.bar.close()
 
 
-def _default(cls: type, name: str) -> str:
-    """A config field's default as the help shows it ([default: X]), so help and config cannot drift."""
+def field_default(cls: type, name: str) -> str:
+    """A config field's default as the help shows it ([default: X]), so help and config cannot drift.
+    midas-train shows its defaults the same way (train/cli.py)."""
     return str(getattr(cls, name))
 
 
-class _Option(click.Option):
+class DefaultOption(click.Option):
     """Shows a string show_default like any other default: [default: all cores], not [default: (all cores)]."""
 
     def get_help_extra(self, ctx: click.Context) -> Any:
@@ -99,8 +101,19 @@ class _Option(click.Option):
         return extra
 
 
-def _opt(*args: Any, **kwargs: Any) -> Any:
-    return click.option(*args, cls=_Option, **kwargs)
+def option(*args: Any, **kwargs: Any) -> Any:
+    """click.option whose default is shown as [default: X]; the value itself stays None when not given, so a
+    flag left out never hides the config file's or --set's value of its field."""
+    return click.option(*args, cls=DefaultOption, **kwargs)
+
+
+CONFIG_HELP = "YAML config file, or the name of a shipped config (found from any directory): {names}."
+
+
+def config_option(section: str) -> Any:
+    """--config: a path or a shipped config's name (`--config dfew`), resolved by pipeline.config.find_config."""
+    return click.option("--config", "config", metavar="FILE|NAME",
+                        help=CONFIG_HELP.format(names=", ".join(shipped_configs(section))))
 
 
 _version = click.version_option(__version__, "--version", prog_name="midas-prep")
@@ -118,28 +131,28 @@ def main() -> None:
 @main.command("build-shards")
 @_version
 @click.argument("dataset", type=click.Path(path_type=Path))
-@_opt("--out", show_default=_default(WriteConfig, "out"), help="Output directory.")
-@_opt("--source", type=click.Choice(["videos", "frames", "auto"]), show_default=_default(IndexConfig, "source"),
-       help="DFEW clip source: videos (Clip/original), frames (Clip/clip_224x224), auto (videos first).")
-@_opt("--dataset-kind", type=click.Choice(["auto", "dfew", "manifest"]),
-       show_default=_default(IndexConfig, "dataset"), help="Dataset adapter.")
-@_opt("--num-frames", type=int, show_default=_default(DecodeConfig, "num_frames"),
-       help="T, frames per clip.")
-@_opt("--frame-size", type=int, show_default=_default(AlignConfig, "frame_size"),
-       help="S, aligned crops are S x S.")
-@_opt("--detector", type=click.Choice(["retinaface", "mtcnn", "none"]),
-       show_default=_default(AlignConfig, "detector"), help="Face detector (none: input is already cropped).")
-@_opt("--format", "fmt", type=click.Choice(["webdataset", "parquet", "both"]),
-       show_default=_default(WriteConfig, "format"), help="Shard format.")
-@_opt("--shard-size-mb", type=float, show_default=_default(WriteConfig, "shard_size_mb"),
-       help="Target shard size in MB.")
-@_opt("--frames-compression", type=click.Choice(["none", "zstd", "lz4", "snappy"]),
-       show_default=_default(WriteConfig, "frames_compression"), help="Parquet codec of the frames column.")
-@_opt("--workers", type=int, show_default="all cores", help="Clips processed at once.")
-@_opt("--ray-address", show_default="RAY_ADDRESS, else a local Ray", help="Join this Ray cluster.")
-@_opt("--limit", type=int, show_default="all clips", help="Only the first N clips (quick trials).")
+@option("--out", show_default=field_default(WriteConfig, "out"), help="Output directory.")
+@option("--source", type=click.Choice(["videos", "frames", "auto"]), show_default=field_default(IndexConfig, "source"),
+        help="DFEW clip source: videos (Clip/original), frames (Clip/clip_224x224), auto (videos first).")
+@option("--dataset-kind", type=click.Choice(["auto", "dfew", "manifest"]),
+        show_default=field_default(IndexConfig, "dataset"), help="Dataset adapter.")
+@option("--num-frames", type=int, show_default=field_default(DecodeConfig, "num_frames"),
+        help="T, frames per clip.")
+@option("--frame-size", type=int, show_default=field_default(AlignConfig, "frame_size"),
+        help="S, aligned crops are S x S.")
+@option("--detector", type=click.Choice(["retinaface", "mtcnn", "none"]),
+        show_default=field_default(AlignConfig, "detector"), help="Face detector (none: input is already cropped).")
+@option("--format", "fmt", type=click.Choice(["webdataset", "parquet", "both"]),
+        show_default=field_default(WriteConfig, "format"), help="Shard format.")
+@option("--shard-size-mb", type=float, show_default=field_default(WriteConfig, "shard_size_mb"),
+        help="Target shard size in MB.")
+@option("--frames-compression", type=click.Choice(["none", "zstd", "lz4", "snappy"]),
+        show_default=field_default(WriteConfig, "frames_compression"), help="Parquet codec of the frames column.")
+@option("--workers", type=int, show_default="all cores", help="Clips processed at once.")
+@option("--ray-address", show_default="RAY_ADDRESS, else a local Ray", help="Join this Ray cluster.")
+@option("--limit", type=int, show_default="all clips", help="Only the first N clips (quick trials).")
 @click.option("--overwrite", is_flag=True, default=None, help="Rebuild instead of resuming (also removes mixed/).")
-@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), help="YAML config file.")
+@config_option("build")
 @click.option("--set", "sets", multiple=True,
               help="Override any field (repeatable); a flag given explicitly wins: --set align.detect_every=4")
 @click.option("--dry-run", is_flag=True, help="Index and plan only: print what would be built, write nothing.")
@@ -242,23 +255,23 @@ def _echo_plan(title: str, plan: dict[str, Any], as_json: bool) -> None:
 
 @main.command("mix-offline")
 @_version
-@_opt("--shards", show_default=_default(MixConfig, "shards"), help="build-shards output to mix.")
-@_opt("--out", show_default="<shards>/mixed", help="Output directory.")
-@_opt("--alpha", type=float, show_default=_default(MixConfig, "alpha"),
-       help="lam ~ Beta(alpha, alpha); 0.8 is the MIDAS paper's.")
-@_opt("--copies", type=int, show_default=_default(MixConfig, "copies"),
-       help="Mixed samples per training clip of a fold.")
-@_opt("--fold", show_default="all", help="Fold K (1..5) or 'all'.")
-@_opt("--seed", type=int, show_default=_default(MixConfig, "seed"), help="Random seed: same seed, same bytes.")
+@option("--shards", show_default=field_default(MixConfig, "shards"), help="build-shards output to mix.")
+@option("--out", show_default="<shards>/mixed", help="Output directory.")
+@option("--alpha", type=float, show_default=field_default(MixConfig, "alpha"),
+        help="lam ~ Beta(alpha, alpha); 0.8 is the MIDAS paper's.")
+@option("--copies", type=int, show_default=field_default(MixConfig, "copies"),
+        help="Mixed samples per training clip of a fold.")
+@option("--fold", show_default="all", help="Fold K (1..5) or 'all'.")
+@option("--seed", type=int, show_default=field_default(MixConfig, "seed"), help="Random seed: same seed, same bytes.")
 @click.option("--include-unassigned", is_flag=True, default=None, help="Also pair with clips in no fold (part 0).")
-@_opt("--format", "fmt", type=click.Choice(["webdataset", "parquet", "both"]),
-       show_default=_default(MixConfig, "format"), help="Output format.")
-@_opt("--shard-size-mb", type=float, show_default=_default(MixConfig, "shard_size_mb"),
-       help="Target shard size in MB.")
-@_opt("--workers", type=int, show_default="all cores", help="Shards mixed at once.")
-@_opt("--ray-address", show_default="RAY_ADDRESS, else a local Ray", help="Join this Ray cluster.")
+@option("--format", "fmt", type=click.Choice(["webdataset", "parquet", "both"]),
+        show_default=field_default(MixConfig, "format"), help="Output format.")
+@option("--shard-size-mb", type=float, show_default=field_default(MixConfig, "shard_size_mb"),
+        help="Target shard size in MB.")
+@option("--workers", type=int, show_default="all cores", help="Shards mixed at once.")
+@option("--ray-address", show_default="RAY_ADDRESS, else a local Ray", help="Join this Ray cluster.")
 @click.option("--overwrite", is_flag=True, default=None, help="Rebuild instead of resuming.")
-@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), help="YAML config file.")
+@config_option("mix")
 @click.option("--set", "sets", multiple=True,
               help="Override any field (repeatable); a flag given explicitly wins: --set alpha=0.4")
 @click.option("--dry-run", is_flag=True, help="Check the source, the output and the plan: write nothing.")
@@ -455,7 +468,8 @@ def bench_loader_cmd(shards: str, fold: int, device: str, batches: int, batch_si
 @click.option("--frames/--no-frames", default=True, help="Also write Clip/clip_224x224 frames.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def make_sample_cmd(directory: Path, clips: int, seed: int, frames: bool, as_json: bool) -> None:
-    """Write a small DFEW-layout dataset of real mp4 clips made from a real face photo.
+    """Write a small DFEW-layout dataset of real mp4 clips made from a real face photo; each face makes the
+    expression of its clip's votes, so a first training run can learn the classes.
 
     \b
     Example:

@@ -30,6 +30,8 @@ __all__ = [
     "StreamConfig",
     "TrainConfig",
     "load_config",
+    "find_config",
+    "shipped_configs",
     "config_to_dict",
 ]
 
@@ -432,17 +434,45 @@ def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return out
 
 
+# The shipped configs (package data, so an installed package has them too): configs/<section>/<name>.yaml,
+# where the section is the command's: build (build-shards), mix (mix-offline), train (midas-train).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+_SECTIONS: dict[type, str] = {BuildConfig: "build", MixConfig: "mix", TrainConfig: "train"}
+
+
+def shipped_configs(section: str) -> list[str]:
+    """Names of the shipped configs of one section (`train` -> ['dfew', 'dfew-compare', 'quick'])."""
+    return sorted(p.stem for p in (CONFIG_DIR / section).glob("*.yaml"))
+
+
+def find_config(value: str | Path, section: str | None) -> Path:
+    """The YAML file `--config VALUE` means: a file that exists (from the working directory), else a shipped
+    config of `section` named VALUE (`dfew`, `dfew.yaml`, or its path in the repository,
+    `configs/train/dfew.yaml`), so a shipped config works by name from any directory."""
+    p = Path(value)
+    if p.is_file():
+        return p
+    shipped = shipped_configs(section) if section else []
+    parts = p.parts
+    by_name = len(parts) == 1 or parts[-3:-1] == ("configs", section)
+    if section and by_name and p.suffix in ("", ".yaml", ".yml"):
+        candidate = CONFIG_DIR / section / f"{p.stem if p.suffix else p.name}.yaml"
+        if candidate.is_file():
+            return candidate
+    names = f"; the shipped {section} configs are: {', '.join(shipped)} (e.g. --config {shipped[0]})" if shipped else ""
+    raise ConfigError(f"config file {value} does not exist{names}")
+
+
 def load_config(cls: type, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
     """Resolve `cls` (BuildConfig, MixConfig, ...) from defaults < YAML file < overrides.
 
+    `yaml_path` is a file or the name of a shipped config of the class's command (`find_config`).
     `overrides` maps dotted keys ("decode.num_frames") to values; None values mean
     "not given on the command line" and are dropped.
     """
     data: dict[str, Any] = {}
     if yaml_path:
-        p = Path(yaml_path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
+        p = find_config(yaml_path, _SECTIONS.get(cls))
         loaded = yaml.safe_load(p.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping, got {type(loaded).__name__}")

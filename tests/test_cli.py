@@ -1,14 +1,10 @@
 """The command line as a user meets it: --set precedence, help, dry runs that refuse what the run
-refuses, plain summaries, location-independent rejects, and the README's newcomer sequence."""
+refuses, plain summaries, location-independent rejects (the README's newcomer sequence: test_newcomer.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import click
@@ -92,6 +88,48 @@ def test_help_shows_every_default_one_way_and_every_option_has_text():
     assert shown("mix-offline", "--alpha").endswith("[default: 0.8]")
 
 
+def test_midas_train_help_shows_defaults_the_same_way():
+    from pipeline.config import TrainConfig
+    from train.cli import main as train_main
+
+    res = CliRunner().invoke(train_main, ["--help"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "(default" not in res.output and "[default: (" not in res.output
+    ctx = click.Context(train_main, info_name="midas-train", show_default=True)
+    for p in train_main.params:
+        if isinstance(p, click.Option):
+            assert p.help, f"midas-train {p.opts[0]} has no help text"
+    shown = {p.opts[0]: p.get_help_record(ctx)[1] for p in train_main.params if isinstance(p, click.Option)}
+    for flag, field in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--lr", "lr"), ("--out", "out"),
+                        ("--model", "model"), ("--alpha", "alpha"), ("--device", "device")):
+        assert shown[flag].endswith(f"[default: {getattr(TrainConfig, field)}]"), (flag, shown[flag])
+    assert "quick" in shown["--config"] and "dfew" in shown["--config"]  # the shipped configs, by name
+
+
+def test_shipped_configs_are_found_by_name_from_any_directory(built, tmp_path, monkeypatch):
+    """`--config dfew` (and the old in-repo path) from a directory that holds no configs/; a wrong name lists
+    the shipped ones. midas-prep and midas-train alike."""
+    from pipeline.config import ConfigError, MixConfig, TrainConfig, find_config, load_config
+    from train.cli import main as train_main
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config(TrainConfig, "dfew").out == "runs/dfew"
+    assert load_config(TrainConfig, "configs/train/dfew-compare.yaml").fold_list() == [1, 2, 3, 4, 5]
+    assert load_config(TrainConfig, "quick.yaml").model == "r2plus1d"
+    assert load_config(MixConfig, "dfew").copies == 2
+    with pytest.raises(ConfigError, match=r"dfw does not exist; the shipped train configs are: dfew, dfew-compare, "
+                                          r"quick"):
+        find_config("dfw", "train")
+    mine = tmp_path / "dfew"  # a file of the user's by the same name wins: a path is a path
+    mine.write_text("epochs: 3\n")
+    assert load_config(TrainConfig, "dfew").epochs == 3
+    mine.unlink()
+    plan = _plan(["build-shards", built[1].dataset_root, "--out", str(tmp_path / "s"), "--config", "dfew"])
+    assert plan["frame_size"] == 112
+    res = CliRunner().invoke(train_main, ["--config", "nope", "--epochs", "1"])
+    assert res.exit_code == 2 and "the shipped train configs are: dfew, dfew-compare, quick" in res.output
+
+
 def test_build_dry_run_refuses_what_the_run_refuses(built, tmp_path):
     out = tmp_path / "shards"
     shutil.copytree(built[0], out, ignore=shutil.ignore_patterns("mixed"))
@@ -164,37 +202,3 @@ def test_rejects_and_clips_tables_do_not_depend_on_where_the_dataset_sits(ray_se
     assert all(not Path(c["source"]).is_absolute() for c in pq.read_table(outs[0] / "clips.parquet").to_pylist())
     for name in ("rejects.parquet", "clips.parquet"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
-
-
-def _run(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
-    """One README command line, as a user types it (`midas-prep` from this interpreter's environment)."""
-    exe = Path(sys.executable).parent / "midas-prep"
-    argv = cmd.split()
-    argv[0] = str(exe) if exe.exists() else argv[0]
-    # a user's shell: none of the RAY_* variables that ray.init in this test session exported
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONBREAKPOINT"}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def test_readme_newcomer_sequence_prints_no_warning_and_no_traceback(tmp_path):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    line = next(x for x in readme.splitlines() if "midas-prep make-sample dfew &&" in x)
-    steps = [c.strip() for c in line.split("&&") if c.strip().startswith("midas-prep")]
-    assert steps == ["midas-prep make-sample dfew", "midas-prep build-shards dfew/",
-                     "midas-prep mix-offline --copies 2"]
-    steps[0] += " --clips 10"  # the sequence verbatim, on a small sample to keep the test quick
-    out = {}
-    for cmd in [*steps, "midas-prep inspect", "midas-prep build-shards dfew/ --dry-run"]:
-        p = _run(cmd, tmp_path)
-        text = p.stdout + p.stderr
-        assert p.returncode == 0, f"{cmd}:\n{text}"
-        assert "Traceback" not in text, f"{cmd}:\n{text}"
-        assert "WARNING" not in text, f"{cmd}:\n{text}"
-        out[cmd.split()[1] + (" dry" if "--dry-run" in cmd else "")] = p.stdout
-    for name, text in out.items():  # plain words, no Python reprs
-        assert not re.search(r"[\[{]'|': |\(\{", text), f"{name}:\n{text}"
-    assert "rejected          2 at align (no face), 1 at decode (truncated or corrupt file)" in out["build-shards"]
-    assert "formats           webdataset, parquet" in out["build-shards dry"]
-    assert "rejected: 2 at align (no face), 1 at decode (truncated or corrupt file)" in out["inspect"]
-    assert (tmp_path / "shards/mixed/fold=1/index.json").is_file() and (tmp_path / "inspect-stats.png").is_file()

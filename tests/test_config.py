@@ -69,7 +69,7 @@ def test_shipped_yaml_configs_load():
 
     from pipeline.config import TrainConfig
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[1] / "configs"  # shipped as pipeline/configs, found by name too
     assert load_config(BuildConfig, configs / "build/dfew.yaml").align.frame_size == 112
     assert load_config(MixConfig, configs / "mix/dfew.yaml").copies == 2
     t = load_config(TrainConfig, configs / "train/dfew.yaml", {"epochs": 3})

@@ -107,7 +107,7 @@ def test_one_short_midas_train_epoch_on_the_gpu_then_resume(gpu_shards, tmp_path
     base = {"shards": gpu_shards, "fold": 1, "batch_size": 8, "max_steps": 3, "out": str(tmp_path / "run"),
             "device": "gpu", "tensorboard": False}
     report = train(TrainConfig(**base, epochs=1))
-    assert report["epochs"] == 1 and 0 <= report["uar"] <= 1
+    assert report["epochs"] == 1 and 0 <= report["test_uar"] <= 1
     metrics = tmp_path / "run" / "fold1" / "metrics.jsonl"
     assert (tmp_path / "run" / "fold1" / "last.pt").is_file()
     report = train(TrainConfig(**base, epochs=2, resume=True))

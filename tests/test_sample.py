@@ -1,4 +1,5 @@
-"""make-sample: DFEW layout, labels/splits, real decodable videos, faces where promised, determinism."""
+"""make-sample: DFEW layout, labels/splits, real decodable videos, faces where promised, classes that show,
+determinism."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import skimage.data
 from retinaface import detect_faces
 
-from pipeline.tools.make_sample import ASTRONAUT_FACE, SampleSummary, make_sample
+from pipeline.tools.make_sample import ASTRONAUT_FACE, ASTRONAUT_LANDMARKS, TINTS, SampleSummary, make_sample
 from pipeline.tools.make_sample import _draw_spec as draw_spec
 from pipeline.tools.make_sample import _load_sources as load_sources
 
@@ -178,6 +179,38 @@ def test_astronaut_box_matches_detector() -> None:
     (face,) = detect_faces(skimage.data.astronaut())
     assert face.score > 0.99
     assert np.allclose((face.x, face.y, face.width, face.height), ASTRONAUT_FACE, atol=3)
+    assert np.allclose([(p.x, p.y) for p in face.landmarks], ASTRONAUT_LANDMARKS, atol=3)
+
+
+def _face_colour(frame: np.ndarray, spec, t: float) -> np.ndarray:
+    """Chromaticity (r, g, b summing to 1) of the centre of the face in a decoded frame at clip time t."""
+    cx, cy = ((1 - t) * np.asarray(spec.start) + t * np.asarray(spec.end))[2:4]
+    half = 0.2 * ((1 - t) * spec.start[0] + t * spec.end[0]) * ASTRONAUT_FACE[2]
+    patch = frame[int(cy - half):int(cy + half), int(cx - half):int(cx + half)].reshape(-1, 3).mean(0)
+    return patch / patch.sum()
+
+
+def test_each_face_shows_the_class_its_votes_give(sample: SampleSummary, annotation: list[list]) -> None:
+    """What makes the sample learnable, read back from the mp4 files: over a clip the centre of the face turns
+    towards the tint of the class with the most votes; a neutral face keeps its colour."""
+    votes = {f"{r[0]:05d}": np.array(r[1:8]) for r in annotation[1:]}
+    tinted = 0
+    for clip_id in _ids(sample):
+        if clip_id in sample.corrupt or clip_id in sample.no_face:
+            continue
+        spec = _spec(sample, clip_id)
+        vr = decord.VideoReader(str(sample.root / "Clip" / "original" / f"{clip_id}.mp4"))
+        first, last = _face_colour(vr[0].asnumpy(), spec, 0.0), _face_colour(vr[len(vr) - 1].asnumpy(), spec, 1.0)
+        tint = TINTS[int(np.argmax(votes[clip_id]))]
+        if tint is None:
+            assert np.abs(last - first).max() < 0.02, (clip_id, first, last)
+            continue
+        towards = np.asarray(tint, np.float64) / sum(tint) - first
+        moved = last - first
+        assert moved @ towards > 0.3 * np.linalg.norm(moved) * np.linalg.norm(towards), (clip_id, first, last, tint)
+        assert np.linalg.norm(moved) > 0.02, (clip_id, first, last, tint)
+        tinted += 1
+    assert tinted >= 3
 
 
 def test_detector_sees_faces_only_where_promised(sample: SampleSummary) -> None:

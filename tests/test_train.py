@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
@@ -74,13 +75,18 @@ def test_two_epochs_with_mixing_loss_goes_down_and_metrics_are_written(two_epoch
     rows = [json.loads(line) for line in (out / "fold1/metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
-    for r in rows:
-        assert 0 <= r["uar"] <= 1 and 0 <= r["war"] <= 1 and len(r["confusion"]) == 7 and r["n"] > 0
+    for r in rows:  # every metric names its split
+        assert 0 <= r["test_uar"] <= 1 and 0 <= r["test_war"] <= 1 and len(r["test_confusion"]) == 7
+        assert r["test_n"] > 0 and r["test_loss"] > 0 and not {"uar", "war", "loss", "n"} & set(r)
     # no validation split: the last epoch is the result, part K chose nothing
     assert report["selected_by"] == "last epoch" and report["epoch"] == 2 and "best_epoch" not in report
-    assert (report["uar"], report["war"]) == (rows[1]["uar"], rows[1]["war"])
+    assert (report["test_uar"], report["test_war"]) == (rows[1]["test_uar"], rows[1]["test_war"])
+    assert report["test_clips"] == rows[1]["test_n"] and report["test_classes_present"] >= 1
     assert json.loads((out / "fold1/report.json").read_text())["epoch"] == 2
-    assert (out / "fold1/config.yaml").read_text().count("epochs: 2") == 1
+    config = yaml.safe_load((out / "fold1/config.yaml").read_text())
+    # one truth: the config holds the mix mode the run used (mix_mode "" + mix true before it was resolved)
+    assert config["epochs"] == 2 and config["mix_mode"] == report["mix_mode"] == rows[0]["mix_mode"] == "midas"
+    assert config["mix"] is True
 
 
 def test_resume_after_epoch_one_gives_the_same_epoch_two(built, two_epochs, tmp_path):
@@ -93,9 +99,9 @@ def test_resume_after_epoch_one_gives_the_same_epoch_two(built, two_epochs, tmp_
     full = [json.loads(line) for line in (full_out / "fold1/metrics.jsonl").read_text().splitlines()]
     resumed = [json.loads(line) for line in (tmp_path / "resumed/fold1/metrics.jsonl").read_text().splitlines()]
     assert len(resumed) == 2
-    for key in ("train_loss", "loss", "uar", "war", "lr"):
+    for key in ("train_loss", "test_loss", "test_uar", "test_war", "lr"):
         assert resumed[1][key] == pytest.approx(full[1][key], rel=1e-5, abs=1e-6), key
-    assert resumed[1]["confusion"] == full[1]["confusion"]
+    assert resumed[1]["test_confusion"] == full[1]["test_confusion"]
 
 
 def test_midas_train_cli_runs_with_no_other_flag(built, tmp_path):
@@ -163,7 +169,7 @@ def test_user_errors_are_one_line_without_traceback(built, tmp_path):
     with pytest.raises(ConfigError, match="conflicts"):
         TrainConfig(mix=False, mix_mode="midas")
     assert TrainConfig(mix=False).arms() == ["soft"] and TrainConfig().arms() == ["midas"]
-    compare = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/dfew-compare.yaml")
+    compare = load_config(TrainConfig, "dfew-compare")  # a shipped config, by name
     assert compare.arms() == ["midas", "mixup", "soft", "none"] and compare.fold_list() == [1, 2, 3, 4, 5]
 
 
@@ -308,9 +314,9 @@ def test_part_k_labels_choose_nothing(built, tmp_path):
     rows = {n: [json.loads(line) for line in (tmp_path / n / "fold1/metrics.jsonl").read_text().splitlines()]
             for n in reports}
     for ra, rb in zip(rows["orig"], rows["shuffled"], strict=True):
-        pred_a = np.array(ra["confusion"]).sum(0)  # column sums: how often each class was predicted
-        pred_b = np.array(rb["confusion"]).sum(0)
-        assert (pred_a == pred_b).all() and ra["n"] == rb["n"]
+        pred_a = np.array(ra["test_confusion"]).sum(0)  # column sums: how often each class was predicted
+        pred_b = np.array(rb["test_confusion"]).sum(0)
+        assert (pred_a == pred_b).all() and ra["test_n"] == rb["test_n"]
 
 
 def test_folds_and_arms_write_one_table(built, tmp_path):
@@ -320,8 +326,8 @@ def test_folds_and_arms_write_one_table(built, tmp_path):
     for row in summary["rows"]:
         reports = summary["reports"][row["mix_mode"]]
         assert [r["fold"] for r in reports] == [1, 2] and all(r["mix_mode"] == row["mix_mode"] for r in reports)
-        assert row["uar_mean"] == pytest.approx(np.mean([r["uar"] for r in reports]))
-        assert row["war_std"] == pytest.approx(np.std([r["war"] for r in reports]))
+        assert row["test_uar_mean"] == pytest.approx(np.mean([r["test_uar"] for r in reports]))
+        assert row["test_war_std"] == pytest.approx(np.std([r["test_war"] for r in reports]))
         for k in (1, 2):
             assert (tmp_path / "cmp" / row["mix_mode"] / f"fold{k}/report.json").is_file()
     table = (tmp_path / "cmp/summary.md").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import pyarrow.compute as pc
@@ -61,15 +62,18 @@ def test_truncated_tar_caught_by_verify_and_loader(copy):
         create_loader(str(copy), fold=2, split="test", device="cpu", py_workers=1)
 
 
-def test_repair_rebuilds_only_the_damaged_shard(copy, built, ray_session):
+def test_repair_rebuilds_only_the_damaged_shard(copy, built, ray_session, caplog):
     damaged = sorted(copy.glob("webdataset/part3-*.tar"))[0]
     _flip(damaged, 3000)
     twin = copy / "parquet" / ("part=3/" + damaged.stem.split("-")[1] + ".parquet")
     twin.unlink()
     others = {p: p.stat().st_mtime_ns for p in [*copy.glob("*/*"), *copy.glob("parquet/*/*")]
               if p.stem != damaged.stem and p != twin and p.is_file()}
-    res = CliRunner().invoke(main, ["verify", str(copy), "--repair"])
+    with caplog.at_level(logging.INFO, logger="pipeline.build"):
+        res = CliRunner().invoke(main, ["verify", str(copy), "--repair"])
     assert res.exit_code == 0, res.output
     assert f"repaired 1 shard(s): {damaged.stem}" in res.output and "OK" in res.output
+    # the repair expects the damaged shard to be incomplete: that is news at INFO, not a WARNING
+    assert [r.levelname for r in caplog.records if "is incomplete on disk" in r.getMessage()] == ["INFO"]
     assert {p: p.stat().st_mtime_ns for p in others} == others  # nothing else was touched
     assert damaged.read_bytes() == (built[0] / "webdataset" / damaged.name).read_bytes()

@@ -8,42 +8,51 @@ import os
 import click
 
 from pipeline import __version__
+from pipeline.cli import config_option, field_default, option
 from pipeline.config import ConfigError, TrainConfig, load_config, parse_set
 from pipeline.format import ShardError
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def _d(name: str) -> str:
+    return field_default(TrainConfig, name)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="midas-train")
-@click.option("--shards", help="build-shards output (default: ./shards).")
-@click.option("--fold", type=int, help="K: test on part K, train on the rest (default 1).")
-@click.option("--folds", help="Run several folds and report mean/std, e.g. 1-5.")
-@click.option("--epochs", type=int, help="Epochs (default 20).")
-@click.option("--batch-size", type=int, help="Clips per batch per rank (default 32).")
-@click.option("--lr", type=float, help="Peak AdamW learning rate (default 5e-4).")
-@click.option("--accum-steps", type=int, help="Gradient accumulation steps (default 1).")
-@click.option("--out", help="Output directory (default runs/midas).")
-@click.option("--model", type=click.Choice(["resnet18_transformer", "r2plus1d"]),
-              help="Backbone (default resnet18_transformer).")
-@click.option("--width", type=int, help="Channels of the first stage (default 64 = ResNet-18).")
-@click.option("--loss", type=click.Choice(["soft", "hard"]), help="soft (cross-entropy on the targets, default) or "
-              "hard (on the label).")
-@click.option("--mix-mode", help="midas (soft labels, mixed; default) | mixup (one-hot, mixed) | soft (soft, "
-              "not mixed) | none (one-hot, not mixed); a comma list runs each arm, e.g. midas,mixup,soft,none.")
+@option("--shards", show_default=_d("shards"), help="build-shards output.")
+@option("--fold", type=int, show_default=_d("fold"), help="K: test on part K, train on the rest.")
+@option("--folds", show_default="--fold alone", help="Run several folds and report mean/std, e.g. 1-5.")
+@option("--epochs", type=int, show_default=_d("epochs"), help="Epochs.")
+@option("--batch-size", type=int, show_default=_d("batch_size"), help="Clips per batch per rank.")
+@option("--lr", type=float, show_default=_d("lr"), help="Peak AdamW learning rate.")
+@option("--accum-steps", type=int, show_default=_d("accum_steps"), help="Gradient accumulation steps.")
+@option("--out", show_default=_d("out"), help="Output directory (one foldK/ per fold).")
+@option("--model", type=click.Choice(["resnet18_transformer", "r2plus1d"]), show_default=_d("model"),
+        help="Backbone.")
+@option("--width", type=int, show_default=_d("width"), help="Channels of the first stage (64 = ResNet-18).")
+@option("--loss", type=click.Choice(["soft", "hard"]), show_default=_d("loss"),
+        help="soft (cross-entropy on the targets) or hard (on the label).")
+@option("--mix-mode", show_default="midas", help="midas (soft labels, mixed) | mixup (one-hot, mixed) | soft (soft, "
+        "not mixed) | none (one-hot, not mixed); a comma list runs each arm, e.g. midas,mixup,soft,none.")
 @click.option("--mix/--no-mix", default=None, help="Old spelling: --mix = --mix-mode midas, --no-mix = soft.")
-@click.option("--alpha", type=float, help="lam ~ Beta(alpha, alpha) (default 0.8).")
+@option("--alpha", type=float, show_default=_d("alpha"), help="lam ~ Beta(alpha, alpha).")
 @click.option("--offline-mixed", is_flag=True, default=None, help="Add shards/mixed/fold=K to the training data.")
-@click.option("--val-fraction", type=float, help="Hold out this fraction of the training clips (seeded, by clip); "
-              "its UAR chooses the reported epoch (default 0: the last epoch is the result).")
-@click.option("--pretrained", help="A local state dict to start from.")
+@option("--val-fraction", type=float, show_default=_d("val_fraction"),
+        help="Hold out this fraction of the training clips (seeded, by clip); its UAR chooses the reported epoch "
+        "(0: the last epoch is the result).")
+@option("--pretrained", show_default="none", help="A local state dict to start from.")
 @click.option("--resume", is_flag=True, default=None, help="Continue from <out>/foldK/last.pt (an error if missing).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Default auto.")
-@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model (default off).")
-@click.option("--py-workers", type=int, help="Reader processes per rank (default 0 = from the rank's CPUs).")
-@click.option("--num-threads", type=int, help="DALI CPU threads per rank (default 0 = from the rank's CPUs).")
-@click.option("--seed", type=int, help="Default 0.")
-@click.option("--max-steps", type=int, help="Cap optimizer steps per epoch (default 0 = no cap; smoke runs).")
-@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False),
-              help="YAML, e.g. configs/train/dfew.yaml")
+@option("--device", type=click.Choice(["auto", "cpu", "gpu"]), show_default=_d("device"),
+        help="Where to train (auto: the GPU if one is visible).")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
+@option("--py-workers", type=int, show_default=_d("py_workers"),
+        help="Reader processes per rank (0 = from the rank's CPUs).")
+@option("--num-threads", type=int, show_default=_d("num_threads"),
+        help="DALI CPU threads per rank (0 = from the rank's CPUs).")
+@option("--seed", type=int, show_default=_d("seed"), help="Random seed (epoch order, mixing, weights).")
+@option("--max-steps", type=int, show_default=_d("max_steps"),
+        help="Cap optimizer steps per epoch (0 = no cap; smoke runs).")
+@config_option("train")
 @click.option("--set", "sets", multiple=True, help="Override any field: --set warmup_epochs=2")
 def main(shards, fold, folds, epochs, batch_size, lr, accum_steps, out, model, width, loss, mix_mode, mix, alpha,
          offline_mixed, val_fraction, pretrained, resume, device, compile_, py_workers, num_threads, seed, max_steps,
@@ -52,8 +61,9 @@ def main(shards, fold, folds, epochs, batch_size, lr, accum_steps, out, model, w
 
     \b
     Examples:
+        midas-train --config quick                     # a first run on the make-sample shards, ~1 min on a CPU
         midas-train --shards shards --fold 1 --epochs 1 --out runs/try
-        midas-train --config configs/train/dfew.yaml --folds 1-5 --mix-mode midas,mixup,soft,none
+        midas-train --config dfew --folds 1-5 --mix-mode midas,mixup,soft,none
         torchrun --nproc_per_node 8 --nnodes 2 ... -m train --shards /shared/shards --fold 1
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -87,17 +97,23 @@ def main(shards, fold, folds, epochs, batch_size, lr, accum_steps, out, model, w
         click.echo(f"  table: {cfg.out}/summary.md and {cfg.out}/summary.json")
         return
     r = result
+    chance = 1 / r["test_classes_present"]
     lines = [f"\nmidas-train done: fold {r['fold']}, mix mode {r['mix_mode']}, {r['epochs']} epoch(s)"]
     if "best_epoch" in r:
         lines.append(f"  chosen epoch: {r['best_epoch']} (best validation UAR {r['val_uar']:.4f}, "
                      f"{r['val_clips']} validation clips)")
-        lines.append(f"  test (part {r['fold']}), chosen epoch {r['epoch']}:  UAR {r['uar']:.4f}  WAR {r['war']:.4f}")
-        lines.append(f"  test (part {r['fold']}), last epoch {r['last']['epoch']}:    UAR {r['last']['uar']:.4f}  "
-                     f"WAR {r['last']['war']:.4f}")
+        lines.append(f"  test (part {r['fold']}), chosen epoch {r['epoch']}:  UAR {r['test_uar']:.4f}  "
+                     f"WAR {r['test_war']:.4f}")
+        lines.append(f"  test (part {r['fold']}), last epoch {r['last']['epoch']}:    UAR {r['last']['test_uar']:.4f}  "
+                     f"WAR {r['last']['test_war']:.4f}")
     else:
-        lines.append(f"  test (part {r['fold']}), last epoch {r['epoch']}:  UAR {r['uar']:.4f}  WAR {r['war']:.4f}")
-    last = r["history"][-1]
-    lines.append(f"  train loss (last epoch): {last['train_loss']:.4f}   test loss: {last['loss']:.4f}")
+        lines.append(f"  test (part {r['fold']}), last epoch {r['epoch']}:  UAR {r['test_uar']:.4f}  "
+                     f"WAR {r['test_war']:.4f}")
+    lines.append(f"  chance level:  UAR {chance:.4f} ({r['test_classes_present']} classes among the {r['test_clips']} "
+                 "test clips)")
+    first, last = r["history"][0], r["history"][-1]
+    lines.append(f"  train loss: {first['train_loss']:.4f} (epoch 1) -> {last['train_loss']:.4f} (epoch "
+                 f"{last['epoch']})   test loss: {last['test_loss']:.4f}")
     lines.append(f"  report:  {cfg.out}/fold{r['fold']}/report.json")
     lines.append(f"  metrics: {cfg.out}/fold{r['fold']}/metrics.jsonl")
     click.echo("\n".join(lines))

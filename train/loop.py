@@ -13,7 +13,8 @@ mixup (one-hot labels, the same mixing), soft (soft labels, no mixing), none (on
 
 Outputs: metrics to <out>/fold{K}/metrics.jsonl (and TensorBoard), report.json, a checkpoint
 every epoch that `resume` continues exactly: model, optimiser, scheduler, loader position
-(DALI checkpoint) and torch RNG.
+(DALI checkpoint) and torch RNG. Every metric names its split (train_loss, test_uar, val_uar, ...),
+and config.yaml holds the run's resolved config (its one mix_mode), as report.json does.
 """
 
 from __future__ import annotations
@@ -131,11 +132,14 @@ def _gather(obj: Any, world: int) -> list[Any]:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: MidasLoader, device: torch.device, world: int,
-             classes: list[str], amp: bool) -> dict[str, Any]:
-    """Predictions on one evaluation split (each rank its slice, gathered), metrics on every rank alike."""
+             classes: list[str], amp: bool, bar: Any = None) -> dict[str, Any]:
+    """Predictions on one evaluation split (each rank its slice, gathered), metrics on every rank alike;
+    `bar` (a progress bar in clips) advances by every batch of every rank."""
     model.eval()
     labels, preds, losses = [], [], []
     for batch in loader:
+        if bar is not None:
+            bar.update(len(batch["frames"]) * world)
         x, soft, sample = batch["frames"].to(device, non_blocking=True), batch["soft"].to(device), batch["sample"]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
@@ -150,6 +154,8 @@ def evaluate(model: torch.nn.Module, loader: MidasLoader, device: torch.device, 
     m = classification_metrics(y, p, classes)
     m["loss"] = sum(q[2] for q in parts) / len(y)
     model.train()
+    if bar is not None:
+        bar.close()
     return m
 
 
@@ -166,13 +172,14 @@ def _check_split(stream: StreamConfig, cfg: TrainConfig, world: int) -> int:
     return n
 
 
-def _check_eval_split(stream: StreamConfig, world: int) -> None:
-    """Every rank needs at least one clip of an evaluation split (an empty slice has no batch to end on)."""
+def _check_eval_split(stream: StreamConfig, world: int) -> int:
+    """Clips of an evaluation split; every rank needs at least one (an empty slice has no batch to end on)."""
     n = len(list_samples(stream))
     if n < world:
         more = " or a larger --val-fraction" if stream.split == "val" else ""
         raise TrainError(f"fold {stream.fold}: the {stream.split} split has {n} clip(s), fewer than the {world} "
                          f"ranks; run with fewer ranks{more}")
+    return n
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -198,10 +205,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                              f"(this run has {world})")
     stream = stream_config(cfg, "train", rank, world, device_kind, local_rank)
     n_train = _check_split(stream, cfg, world)
+    cfg = replace(cfg, mix_mode=arm, mix=arm in ("midas", "mixup"))  # one truth: the arm this run is, not "" + mix
     eval_streams = {split: stream_config(cfg, split, rank, world, device_kind, local_rank)
                     for split in (("test", "val") if cfg.val_fraction > 0 else ("test",))}
-    for split_stream in eval_streams.values():
-        _check_eval_split(split_stream, world)
+    eval_sizes = {split: _check_eval_split(split_stream, world) for split, split_stream in eval_streams.items()}
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=True))
@@ -291,29 +298,30 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for _ in batches:  # finish the epoch so the loader's next epoch starts clean
             pass
         train_time = time.perf_counter() - t0
-        metrics = evaluate(model, eval_loaders["test"], device, world, classes, amp)
         record = {"epoch": epoch + 1, "mix_mode": arm, "train_loss": total / max(count, 1),
                   "lr": scheduler.get_last_lr()[0], "steps": step, "clips": count * world,
-                  "train_seconds": train_time, "clips_per_s": count * world / train_time, **metrics}
-        if "val" in eval_loaders:
-            val = evaluate(model, eval_loaders["val"], device, world, classes, amp)
-            record |= {f"val_{k}": val[k] for k in ("uar", "war", "loss", "n", "confusion")}
-        history.append({k: record[k] for k in ("epoch", "uar", "war", "loss", "train_loss", "val_uar", "val_war",
-                                                "val_loss", "val_n") if k in record})
+                  "train_seconds": train_time, "clips_per_s": count * world / train_time}
+        for split, loader in eval_loaders.items():  # every metric named by its split: test_uar, val_loss, ...
+            bar = _progress(f"fold {cfg.fold} epoch {epoch + 1}/{cfg.epochs} {split}", eval_sizes[split], rank != 0)
+            t1 = time.perf_counter()
+            metrics = evaluate(model, loader, device, world, classes, amp, bar)
+            record |= {f"{split}_{k}": v for k, v in metrics.items()} | {f"{split}_seconds": time.perf_counter() - t1}
+        history.append({k: record[k] for k in HISTORY_KEYS if k in record})
         if cfg.log_samples:
             (out / f"samples_rank{rank}_epoch{epoch + 1}.json").write_text(json.dumps(sorted(seen)))
         if rank == 0:
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
             if writer is not None:
-                for k in ("uar", "war", "loss", "train_loss", "lr", "clips_per_s", "val_uar", "val_war", "val_loss"):
+                for k in ("test_uar", "test_war", "test_loss", "train_loss", "lr", "clips_per_s", "val_uar",
+                          "val_war", "val_loss"):
                     if k in record:
                         writer.add_scalar(k, record[k], epoch + 1)
                 writer.flush()
             val_text = f", val UAR {record['val_uar']:.4f}" if "val_uar" in record else ""
             logger.info("fold %d epoch %d/%d: train loss %.4f, %.1f clips/s; test UAR %.4f, WAR %.4f%s", cfg.fold,
-                        epoch + 1, cfg.epochs, record["train_loss"], record["clips_per_s"], record["uar"],
-                        record["war"], val_text)
+                        epoch + 1, cfg.epochs, record["train_loss"], record["clips_per_s"], record["test_uar"],
+                        record["test_war"], val_text)
         # every rank's loader and RNG position, gathered so any rank count can resume
         loader_states = _gather(train_loader.state_dict()["checkpoint"], world)
         rng = _gather(torch.get_rng_state(), world)
@@ -336,6 +344,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return report
 
 
+# What report.json's history keeps of each epoch's metrics.jsonl record.
+HISTORY_KEYS = ("epoch", "train_loss", "test_uar", "test_war", "test_loss", "test_n", "test_classes_present",
+                "val_uar", "val_war", "val_loss", "val_n")
+
+
 def make_report(fold: int, arm: str, history: list[dict[str, Any]]) -> dict[str, Any]:
     """The result of a run: the last epoch's part-K metrics; with a validation split, those of the epoch
     with the best validation UAR (the first on ties). Part K never chooses anything."""
@@ -347,8 +360,10 @@ def make_report(fold: int, arm: str, history: list[dict[str, Any]]) -> dict[str,
     else:
         chosen, selected_by = last, "last epoch"
     report = {"fold": fold, "mix_mode": arm, "epochs": len(history), "selected_by": selected_by,
-              "epoch": chosen["epoch"], "uar": chosen["uar"], "war": chosen["war"],
-              "last": {"epoch": last["epoch"], "uar": last["uar"], "war": last["war"]}, "history": history}
+              "epoch": chosen["epoch"], "test_uar": chosen["test_uar"], "test_war": chosen["test_war"],
+              "test_clips": last["test_n"], "test_classes_present": last["test_classes_present"],
+              "last": {"epoch": last["epoch"], "test_uar": last["test_uar"], "test_war": last["test_war"]},
+              "history": history}
     if n_val:
         report |= {"best_epoch": chosen["epoch"], "val_uar": chosen["val_uar"], "val_war": chosen["val_war"],
                    "val_clips": n_val}
@@ -404,11 +419,11 @@ def train_folds(cfg: TrainConfig) -> dict[str, Any]:
         reports[arm].append(train(run))
     rows = []
     for arm in arms:
-        uar = np.array([r["uar"] for r in reports[arm]])
-        war = np.array([r["war"] for r in reports[arm]])
-        rows.append({"mix_mode": arm, "folds": folds, "uar": uar.tolist(), "war": war.tolist(),
-                     "uar_mean": float(uar.mean()), "uar_std": float(uar.std()),
-                     "war_mean": float(war.mean()), "war_std": float(war.std())})
+        uar = np.array([r["test_uar"] for r in reports[arm]])
+        war = np.array([r["test_war"] for r in reports[arm]])
+        rows.append({"mix_mode": arm, "folds": folds, "test_uar": uar.tolist(), "test_war": war.tolist(),
+                     "test_uar_mean": float(uar.mean()), "test_uar_std": float(uar.std()),
+                     "test_war_mean": float(war.mean()), "test_war_std": float(war.std())})
     selected_by = reports[arms[0]][0]["selected_by"]
     summary = {"folds": folds, "arms": arms, "selected_by": selected_by, "rows": rows, "reports": reports,
                "table": summary_table(rows, selected_by)}
@@ -424,6 +439,7 @@ def summary_table(rows: list[dict[str, Any]], selected_by: str) -> str:
     lines = [f"UAR and WAR (%) on part K of each fold ({selected_by}), mean +- std over the folds.", "",
              "| mix mode | folds | UAR (%) | WAR (%) |", "| --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['mix_mode']} | {','.join(map(str, r['folds']))} | {100 * r['uar_mean']:.2f} +- "
-                     f"{100 * r['uar_std']:.2f} | {100 * r['war_mean']:.2f} +- {100 * r['war_std']:.2f} |")
+        lines.append(f"| {r['mix_mode']} | {','.join(map(str, r['folds']))} | {100 * r['test_uar_mean']:.2f} +- "
+                     f"{100 * r['test_uar_std']:.2f} | {100 * r['test_war_mean']:.2f} +- "
+                     f"{100 * r['test_war_std']:.2f} |")
     return "\n".join(lines) + "\n"

@@ -15,7 +15,8 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, classes: list[str]) -> dict:
-    """UAR over the classes present in `labels`, WAR, per-class recall (None if absent), confusion."""
+    """UAR over the classes present in `labels` (chance level: 1 / classes_present), WAR, per-class recall
+    (None if absent), confusion."""
     labels, preds = np.asarray(labels, np.int64), np.asarray(preds, np.int64)
     assert labels.shape == preds.shape and labels.size > 0, f"{labels.shape} labels vs {preds.shape} predictions"
     cm = confusion_matrix(labels, preds, len(classes))
@@ -27,4 +28,5 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, classes: list[
         "recall": {c: (float(r) if s > 0 else None) for c, r, s in zip(classes, recall, support, strict=True)},
         "confusion": cm.tolist(),
         "n": int(labels.size),
+        "classes_present": int((support > 0).sum()),
     }

