@@ -1,7 +1,7 @@
 """build-shards at DFEW scale: speed with start-up, a per-stage profile and alignment quality, before vs after.
 
     python bench/bench_build.py [--clips 260] [--small 30] [--large 40] [--out bench/out]
-                                [--before PATH] [--repeat 2] [--parts speed,profile,quality]
+                                [--before PATH] [--repeat 1] [--repeat-small 3] [--parts speed,profile,quality]
 
 Three DFEW-layout sets: make-sample's `--clips` and `--small` clips (short clips, 320..960 px, a few
 corner cases: no face, a truncated file) and a larger set made here (`--large` clips of 2-5 s at 25/30
@@ -290,14 +290,18 @@ def bench_speed(sets: dict[str, Path], out: Path, before: str, repeat: int, work
                 repeat_small: int) -> list[str]:
     codes = {"after": CODE} | ({"before": before} if before else {})
     rows: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
-    small = next(iter(sets))
+    names = list(sets)
+    small, main = names[0], names[min(1, len(names) - 1)]
     for i in range(max(repeat, repeat_small)):
         for name, root in sets.items():
             if i >= (repeat_small if name == small else repeat):
                 continue
             for workers in worker_counts:
                 for label, code in codes.items():  # alternate, so load changes hit both
-                    r = run_cli(code, root, out / f"shards_{label}_{name}_w{workers}", workers)
+                    # the main set's output as before (bench_mix.py and bench_loader.py read shards_w2)
+                    mine = (label, name) == ("after", main)
+                    dest = f"shards_w{workers}" if mine else f"shards_{label}_{name}_w{workers}"
+                    r = run_cli(code, root, out / dest, workers)
                     rows.setdefault((name, workers, label), []).append(r)
                     print(f"  {label:6s} {name:10s} w{workers}: {r['wall']:.1f} s", flush=True)
     naive = [run_naive(CODE, sets[small]) for _ in range(repeat)]

@@ -1,9 +1,12 @@
 """Align stage: frames -> S x S face crops by a 5-point similarity transform.
 
-The detector runs on a subset of the sampled frames, downscaled; each detected frame
-gets the similarity transform (cv2.estimateAffinePartial2D) that maps its 5 landmarks
-onto the standard 5-point template (ArcFace's, scaled to S). Frames not tried are
-interpolated, frames tried without a face take the nearest detected frame's transform,
+The detector runs on a subset of the sampled frames. With `roi_size` (the default) it tracks
+the face: found once on the whole frame (downscaled), then searched in a window around the
+last face, resized so the face is ~110 px whatever the video's size (cheaper than a whole
+frame and steadier landmarks); without, every detection is on the whole downscaled frame.
+Each detected frame gets the similarity transform (cv2.estimateAffinePartial2D) that maps
+its 5 landmarks onto the standard 5-point template (ArcFace's, scaled to S). Frames not tried
+are interpolated, frames tried without a face take the nearest detected frame's transform,
 and a centred moving average over time keeps the crop from jittering.
 """
 
@@ -312,6 +315,7 @@ def _detect_roi(detector: Detector, frame: np.ndarray, box: tuple[float, ...], s
 
 
 def _off_centre(face: Face, around: tuple[float, ...]) -> bool:
+    """The face moved or changed size by more than _RECENTRE of the box its window was cut around."""
     x, y, w, h = around
     fx, fy, fw, fh = face.box
     side = max(w, h)
