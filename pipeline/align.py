@@ -1,9 +1,12 @@
 """Align stage: frames -> S x S face crops by a 5-point similarity transform.
 
-The detector runs on a subset of the sampled frames, downscaled; each detected frame
-gets the similarity transform (cv2.estimateAffinePartial2D) that maps its 5 landmarks
-onto the standard 5-point template (ArcFace's, scaled to S). Frames not tried are
-interpolated, frames tried without a face take the nearest detected frame's transform,
+The detector runs on a subset of the sampled frames. With `roi_size` (the default) it tracks
+the face: found once on the whole frame (downscaled), then searched in a window around the
+last face, resized so the face is ~110 px whatever the video's size (cheaper than a whole
+frame and steadier landmarks); without, every detection is on the whole downscaled frame.
+Each detected frame gets the similarity transform (cv2.estimateAffinePartial2D) that maps
+its 5 landmarks onto the standard 5-point template (ArcFace's, scaled to S). Frames not tried
+are interpolated, frames tried without a face take the nearest detected frame's transform,
 and a centred moving average over time keeps the crop from jittering.
 """
 
@@ -55,13 +58,17 @@ class Face:
 
 
 class Detector(Protocol):
-    def detect(self, images: np.ndarray) -> list[Face | None]:
-        """Best face per image of a uint8 N x H x W x 3 RGB batch (None = no face)."""
+    def detect(self, images: np.ndarray, min_score: float | None = None) -> list[Face | None]:
+        """Best face per image of a uint8 N x H x W x 3 RGB batch (None = no face).
+
+        `min_score` lowers the bar for a candidate (default: the config's min_score); faces that
+        pass the config's min_score are still preferred over those that only pass `min_score`."""
         ...
 
 
-def _largest(faces: list[Face]) -> Face | None:
-    return max(faces, key=lambda f: f.box[2] * f.box[3]) if faces else None
+def _best(faces: list[Face], min_score: float) -> Face | None:
+    """The largest face scoring >= min_score, else the largest candidate (the first of equals)."""
+    return max(faces, key=lambda f: (f.score >= min_score, f.box[2] * f.box[3])) if faces else None
 
 
 class RetinaFaceDetector:
@@ -77,37 +84,59 @@ class RetinaFaceDetector:
         self.session = ort.InferenceSession(WEIGHTS, opts, providers=["CPUExecutionProvider"])
         self.min_score = cfg.min_score
 
-    def detect(self, images: np.ndarray) -> list[Face | None]:
+    def detect(self, images: np.ndarray, min_score: float | None = None) -> list[Face | None]:
         import cv2
-        from retinaface.postprocess import ANCHOR_SIZES, ANCHOR_STRIDES, generate_anchors, rebuild_boxes, rebuild_pts
+        from retinaface.postprocess import rebuild_boxes, rebuild_pts
 
+        floor = self.min_score if min_score is None else min_score
         n, h, w, _ = images.shape
-        # RGB -> BGR minus the training mean, NCHW float32 (the package's own preprocessing).
-        x = images[..., ::-1].astype(np.float32) - np.array([104, 117, 127], dtype=np.float32)
-        loc, conf, pts = self.session.run(None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})
-        start = 0
-        for stride, sizes in zip(ANCHOR_STRIDES, ANCHOR_SIZES, strict=True):
-            anchors = generate_anchors(stride, sizes, w, h, n)
-            end = start + anchors.shape[1]
-            loc[:, start:end] = rebuild_boxes(loc[:, start:end], anchors)
-            pts[:, start:end] = rebuild_pts(pts[:, start:end], anchors)
-            start = end
-        loc *= np.array([w, h, w, h], dtype=np.float32)
-        pts *= np.array([w, h] * 5, dtype=np.float32)
+        loc, conf, pts = self.session.run(None, {"input": _to_input(images)})
+        anchors = _anchors(w, h)
         out: list[Face | None] = []
         for i in range(n):
             scores = conf[i, :, 1]
-            keep = np.flatnonzero(scores >= self.min_score)
+            keep = np.flatnonzero(scores >= floor)
             if keep.size == 0:
                 out.append(None)
                 continue
-            kept = cv2.dnn.NMSBoxes(loc[i, keep].tolist(), scores[keep].tolist(), self.min_score, 0.4)
+            # Decode only the anchors that pass the score (the package's own formulas, element by
+            # element, so the numbers are those of decoding every anchor).
+            boxes = rebuild_boxes(loc[i, keep], anchors[keep]) * np.array([w, h, w, h], dtype=np.float32)
+            marks = rebuild_pts(pts[i, keep], anchors[keep]) * np.array([w, h] * 5, dtype=np.float32)
+            kept = cv2.dnn.NMSBoxes(boxes.tolist(), scores[keep].tolist(), floor, 0.4)
             faces = [
-                Face(float(scores[j]), pts[i, j].reshape(5, 2).copy(), tuple(float(v) for v in loc[i, j]))
-                for j in keep[np.asarray(kept, dtype=np.int64).reshape(-1)]
+                Face(float(scores[keep[j]]), marks[j].reshape(5, 2).copy(), tuple(float(v) for v in boxes[j]))
+                for j in np.asarray(kept, dtype=np.int64).reshape(-1)
             ]
-            out.append(_largest(faces))
+            out.append(_best(faces, self.min_score))
         return out
+
+
+# RetinaFace's training mean, BGR (the package's own preprocessing: BGR minus mean, NCHW float32).
+_MEAN_BGR = (104.0, 117.0, 127.0)
+
+
+def _to_input(images: np.ndarray) -> np.ndarray:
+    """uint8 N x H x W x 3 RGB -> float32 N x 3 x H x W, BGR minus the mean (exact: integers in float32);
+    one OpenCV pass per plane instead of numpy's flip + astype + transpose copies (20x faster)."""
+    import cv2
+
+    n, h, w, _ = images.shape
+    x = np.empty((n, 3, h, w), dtype=np.float32)
+    for i in range(n):
+        planes = cv2.split(images[i])
+        for c in range(3):  # input channel c = BGR plane c = RGB plane 2 - c
+            cv2.subtract(planes[2 - c], _MEAN_BGR[c], dst=x[i, c], dtype=cv2.CV_32F)
+    return x
+
+
+@functools.lru_cache(maxsize=16)
+def _anchors(width: int, height: int) -> np.ndarray:
+    """float64 [A, 4] prior boxes of one image, in the output's anchor order (strides 8, 16, 32)."""
+    from retinaface.postprocess import ANCHOR_SIZES, ANCHOR_STRIDES, generate_anchors
+
+    return np.concatenate([generate_anchors(stride, sizes, width, height, 1)[0]
+                           for stride, sizes in zip(ANCHOR_STRIDES, ANCHOR_SIZES, strict=True)])
 
 
 class MTCNNDetector:
@@ -119,7 +148,8 @@ class MTCNNDetector:
         self.mtcnn = MTCNN()
         self.min_score = cfg.min_score
 
-    def detect(self, images: np.ndarray) -> list[Face | None]:
+    def detect(self, images: np.ndarray, min_score: float | None = None) -> list[Face | None]:
+        floor = self.min_score if min_score is None else min_score
         out: list[Face | None] = []
         keys = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
         for img in images:
@@ -127,9 +157,9 @@ class MTCNNDetector:
                 Face(float(d["confidence"]), np.array([d["keypoints"][k] for k in keys], dtype=np.float32),
                      tuple(float(v) for v in d["box"]))
                 for d in self.mtcnn.detect_faces(np.ascontiguousarray(img))
-                if d["confidence"] >= self.min_score
+                if d["confidence"] >= floor
             ]
-            out.append(_largest(faces))
+            out.append(_best(faces, self.min_score))
         return out
 
 
@@ -237,6 +267,92 @@ def _downscale(frames: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]), s
 
 
+def _detect_whole(detector: Detector, frames: np.ndarray, max_side: int,
+                  min_score: float | None = None) -> list[Face | None]:
+    """The detector on whole frames downscaled to `max_side`; faces in the frames' pixels."""
+    small, scale = _downscale(frames, max_side)
+    return [None if f is None else Face(f.score, f.landmarks / scale, tuple(v / scale for v in f.box))
+            for f in detector.detect(small, min_score)]
+
+
+# A tracking window is this many times the face box's longer side: the face fills ~110 px of a
+# 192 px window, the size at which RetinaFace-mobilenet's landmarks are steadiest (measured: BENCHMARKS.md).
+_ROI_CONTEXT = 1.75
+_LOCATE_SCORE = 0.3  # a whole-frame candidate this likely is checked in a window (which must reach min_score)
+_RECENTRE = 0.2  # a face found this far (x its size) from the window centre is looked at again, centred
+_MEAN_RGB = (127, 117, 104)  # window padding outside the frame: RetinaFace's mean colour (zero input)
+
+
+def _detect_roi(detector: Detector, frame: np.ndarray, box: tuple[float, ...], size: int) -> Face | None:
+    """The detector on a square window around `box` (frame pixels), resized to size x size;
+    the face found there, in frame pixels (None: no face in the window)."""
+    import cv2
+
+    x, y, w, h = box
+    n = max(8, int(round(_ROI_CONTEXT * max(w, h))))
+    x0, y0 = int(round(x + w / 2 - n / 2)), int(round(y + h / 2 - n / 2))
+    fh, fw = frame.shape[:2]
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + n, fw), min(y0 + n, fh)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return None
+    win = frame[cy0:cy1, cx0:cx1]
+    if (cx0, cy0, cx1, cy1) != (x0, y0, x0 + n, y0 + n):  # the window leaves the frame: pad it
+        win = cv2.copyMakeBorder(win, cy0 - y0, y0 + n - cy1, cx0 - x0, x0 + n - cx1, cv2.BORDER_CONSTANT,
+                                 value=_MEAN_RGB)
+    halved = 1
+    while win.shape[0] >= 2 * size:  # halve first, so the linear resize below never skips pixels
+        win = cv2.pyrDown(win)  # pixel x of the result sits on pixel 2x of its input
+        halved *= 2
+    roi = cv2.resize(win, (size, size), interpolation=cv2.INTER_LINEAR)  # 10x cheaper than INTER_AREA here
+    face = detector.detect(roi[None])[0]
+    if face is None:
+        return None
+    k = win.shape[0] / size  # roi pixel -> window pixel, pixel centres (cv2.resize's mapping)
+    landmarks = (((face.landmarks + 0.5) * k - 0.5) * halved + np.array([x0, y0])).astype(np.float32)
+    bx, by, bw, bh = face.box
+    k *= halved
+    return Face(face.score, landmarks, (x0 + bx * k, y0 + by * k, bw * k, bh * k))
+
+
+def _off_centre(face: Face, around: tuple[float, ...]) -> bool:
+    """The face moved or changed size by more than _RECENTRE of the box its window was cut around."""
+    x, y, w, h = around
+    fx, fy, fw, fh = face.box
+    side = max(w, h)
+    return max(abs(fx + fw / 2 - x - w / 2), abs(fy + fh / 2 - y - h / 2), abs(max(fw, fh) - side)) > _RECENTRE * side
+
+
+def _detect_tracked(detector: Detector, frames: np.ndarray, which: np.ndarray, cfg: AlignConfig,
+                    faces: list[Face | None]) -> bool:
+    """Fill faces[t] for the frames `which` marks, in time order: each in a roi_size window
+    around the last face found (again around where it was found, if it moved); the whole frame
+    (at detect_max_side) when there is none yet or the window has lost it, then the window
+    around the candidate the whole frame shows. Only a face found in a window counts.
+    -> whether any whole frame showed a candidate (score >= _LOCATE_SCORE)."""
+    last: Face | None = None
+    seen = False
+    before = -1
+    for t in np.flatnonzero(which):
+        if before >= 0 and np.array_equal(frames[t], frames[before]):  # a repeated frame (a short clip)
+            faces[t] = faces[before]  # gets the same face: a still clip gives still crops
+            continue
+        before = t
+        face = None
+        if last is not None:
+            face = _detect_roi(detector, frames[t], last.box, cfg.roi_size)
+            if face is not None and _off_centre(face, last.box):
+                face = _detect_roi(detector, frames[t], face.box, cfg.roi_size) or face
+        if face is None:
+            whole = _detect_whole(detector, frames[t : t + 1], cfg.detect_max_side, _LOCATE_SCORE)[0]
+            if whole is not None:
+                seen = True
+                face = _detect_roi(detector, frames[t], whole.box, cfg.roi_size)
+        faces[t] = face
+        if face is not None:
+            last = face
+    return seen or last is not None
+
+
 def track_face(
     frames: np.ndarray, detector: Detector, cfg: AlignConfig, clip_id: str = ""
 ) -> tuple[np.ndarray, dict[str, float]]:
@@ -254,23 +370,37 @@ def track_face(
     tried[:: cfg.detect_every] = True
     tried[-1] = True
     faces: list[Face | None] = [None] * t_total
+
     try:  # odd media (a 4-pixel video, say) must cost that clip alone, not the build
-        small, scale = _downscale(frames, cfg.detect_max_side)
-        for t, face in zip(np.flatnonzero(tried), detector.detect(small[tried]), strict=True):
-            faces[t] = face
-        if all(f is None for f in faces) and not tried.all():
-            # Nothing in the subset: try every remaining frame before giving up on the clip.
-            rest = ~tried
-            for t, face in zip(np.flatnonzero(rest), detector.detect(small[rest]), strict=True):
+        if cfg.roi_size:
+            seen = _detect_tracked(detector, frames, tried, cfg, faces)
+            if all(f is None for f in faces) and not tried.all():
+                seen |= _detect_tracked(detector, frames, ~tried, cfg, faces)  # the other frames too
+                tried[:] = True
+            if all(f is None for f in faces) and seen:
+                # Candidates no window confirmed (a blurred, dark face): every frame whole at full size
+                # before giving up, as roi_size=0 would, so that tracking does not lose such clips.
+                for t, face in enumerate(_detect_whole(detector, frames, max(frames.shape[1:3]))):
+                    faces[t] = face
+                tried[:] = True
+        else:
+            for t, face in zip(np.flatnonzero(tried), _detect_whole(detector, frames[tried], cfg.detect_max_side),
+                               strict=True):
                 faces[t] = face
-            tried[:] = True
+            if all(f is None for f in faces) and not tried.all():
+                # Nothing in the subset: try every remaining frame before giving up on the clip.
+                rest = ~tried
+                for t, face in zip(np.flatnonzero(rest), _detect_whole(detector, frames[rest], cfg.detect_max_side),
+                                   strict=True):
+                    faces[t] = face
+                tried[:] = True
     except (cv2.error, Fail, InvalidArgument, RuntimeException) as e:
         raise ClipRejected(clip_id, "align", f"the detector failed on {frames.shape[2]}x{frames.shape[1]} frames: "
                            f"{str(e).strip().splitlines()[-1][:200]}") from e
     found = [f for f in faces if f is not None]
     if not found:
         raise ClipRejected(clip_id, "align", f"no face with score >= {cfg.min_score} in any of {t_total} frames")
-    landmarks = [None if f is None else f.landmarks / scale for f in faces]
+    landmarks = [None if f is None else f.landmarks for f in faces]
     estimated = estimate_transforms(landmarks, cfg.frame_size, cfg.eye_weight)
     if all(p is None for p in estimated):
         raise ClipRejected(clip_id, "align", "no frame's landmarks give a similarity transform")

@@ -1,11 +1,13 @@
 """build-shards: index -> decode + align (Ray tasks) -> write (Ray tasks), resumable.
 
 The driver indexes the dataset and plans the shards before any Ray work (fatal errors
-come first), then keeps `workers` clip tasks in flight. A clip task returns small
-metadata to the driver and its frames into Ray's object store; once every clip of a
-planned shard is back, a write task turns the frames into shard files, renamed into
-place, and a done-file in _state/. The driver rewrites index.json after every shard.
-A re-run skips shards whose done-file and files are present (resume).
+come first), then keeps two clip tasks per worker in flight (one running, one queued, so
+a worker never waits on the driver). A clip task decodes and aligns a run of one shard's
+clips (one clip for a small job, up to 8 for a large one) and returns small metadata to
+the driver and the crops into Ray's object store; once every clip of a planned shard is
+back, a write task turns the crops into shard files, renamed into place, and a done-file
+in _state/. The driver rewrites index.json after every shard. A re-run skips shards whose
+done-file and files are present (resume).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.align import align_frames, get_detector
 from pipeline.cluster import init_ray, shutdown_ray
-from pipeline.config import AlignConfig, BuildConfig, DecodeConfig, config_to_dict
+from pipeline.config import AlignConfig, BuildConfig, DecodeConfig, config_to_dict, with_added_fields
 from pipeline.datasets.records import sample_key
 from pipeline.decode import decode_clip
 from pipeline.errors import ClipRejected
@@ -60,7 +62,7 @@ from pipeline.write import (
     write_shard_files,
 )
 
-__all__ = ["BuildError", "BuildSummary", "build_shards", "plan_build", "process_clip", "write_shard"]
+__all__ = ["BuildError", "BuildSummary", "build_shards", "plan_build", "process_clip", "process_clips", "write_shard"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,19 +101,33 @@ def process_clip(root: str, clip: dict[str, Any], dcfg: DecodeConfig, acfg: Alig
     return {"clip_id": clip["clip_id"], "status": "written", **stats}, crops
 
 
+def process_clips(root: str, clips: list[dict[str, Any]], dcfg: DecodeConfig, acfg: AlignConfig
+                  ) -> tuple[list[dict], list[Any]]:
+    """process_clip over a run of one shard's clips (one Ray task, so that Ray's per-task cost is
+    shared): -> (result rows, crops or None per clip). A rejected clip costs that clip alone."""
+    rows, crops = [], []
+    for clip in clips:
+        row, frames = process_clip(root, clip, dcfg, acfg)
+        rows.append(row)
+        crops.append(frames)
+    return rows, crops
+
+
 def write_shard(out: str, shard: dict[str, Any], clips: list[dict], results: list[dict],
-                formats: tuple[str, ...], remote: str, parquet: dict[str, Any], *frames: Any) -> dict[str, Any]:
+                formats: tuple[str, ...], remote: str, parquet: dict[str, Any], *batches: Any) -> dict[str, Any]:
     """Write one planned shard's files and its done-file; returns the done-file's content.
 
+    `batches` are the crops lists of process_clips over the shard's clips, in order (None: rejected).
     With a `remote` output the files are then uploaded (data, then the done-file) and the
     local copies of the data dropped. `parquet` = {"classes", "frames_compression"} of the Parquet files."""
+    frames = [f for batch in batches for f in batch]
+    assert len(frames) == len(clips), f"{shard['name']}: {len(frames)} crops for {len(clips)} clips"
     samples = []
-    it = iter(frames)
-    for clip, res in zip(clips, results, strict=True):
+    for clip, res, crops in zip(clips, results, frames, strict=True):
         if res["status"] != "written":
             continue
         meta = {"clip_id": clip["clip_id"], "label": clip["label"], "part": clip["part"], "votes": clip["votes"]}
-        samples.append(encode_sample(sample_key(clip["clip_id"]), next(it), np.asarray(clip["soft"], np.float32), meta))
+        samples.append(encode_sample(sample_key(clip["clip_id"]), crops, np.asarray(clip["soft"], np.float32), meta))
     entries = write_shard_files(Path(out), shard["name"], shard["part"], samples, formats, **parquet)
     state = {"shard": shard["name"], "part": shard["part"], "entries": entries,
              "results": [dict(r, shard=shard["name"]) for r in results]}
@@ -214,8 +230,8 @@ def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]], write: 
             raise BuildError(f"{out} holds a build of format version {old.get('format_version', 1)}; this "
                              f"midas-prep writes version {FORMAT_VERSION} (the shard layout changed): "
                              "pass --overwrite to rebuild it or choose another --out")
-        if old["config"] != doc["config"]:
-            diffs = _diff(old["config"], doc["config"])
+        if with_added_fields(old["config"]) != doc["config"]:
+            diffs = _diff(with_added_fields(old["config"]), doc["config"])
             raise BuildError(
                 f"{out} holds a build with another config ({'; '.join(diffs[:5])}); "
                 "pass --overwrite to rebuild it or choose another --out"
@@ -401,29 +417,39 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
     return summary
 
 
+def _clips_per_task(total: int, workers: int) -> int:
+    """Clips per Ray task: one for a small job (every worker busy to the end), up to 8 for a large
+    one (Ray's per-task cost shared, ~16 tasks per worker still balance the load)."""
+    return max(1, min(8, total // (16 * workers)))
+
+
 def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict[str, dict],
                 states: dict[str, dict], counts: Callable[[], dict], summary: BuildSummary,
                 on_progress: Callable[[int, int], None] | None, remote: str) -> None:
     import ray
 
     workers, started = init_ray(cfg.ray.address, cfg.ray.workers)
-    process = ray.remote(num_returns=2, max_retries=3)(process_clip)
+    process = ray.remote(num_returns=2, max_retries=3)(process_clips)
     writer = ray.remote(max_retries=3)(write_shard)
     root = str(Path(cfg.dataset_root).resolve())
     out_s = str(out.resolve())
     total = sum(len(s["clip_ids"]) for s in todo)
-    queue = [(s["name"], cid) for s in todo for cid in s["clip_ids"]]
+    per_task = cfg.ray.clips_per_task or _clips_per_task(total, workers)
+    # Runs of up to per_task clips of one shard, in plan order: a task never spans two shards.
+    queue = [(s["name"], s["clip_ids"][i : i + per_task]) for s in todo for i in range(0, len(s["clip_ids"]), per_task)]
+    queue.reverse()  # popped from the end
     shard_of = {s["name"]: s for s in todo}
-    pending: dict[Any, tuple[str, str, Any]] = {}  # meta ref -> (shard, clip_id, frames ref)
-    got: dict[str, dict[str, tuple[dict, Any]]] = {s["name"]: {} for s in todo}
+    pending: dict[Any, tuple[str, list[str], Any]] = {}  # rows ref -> (shard, clip_ids, crops ref)
+    got: dict[str, list[tuple[int, list[dict], Any]]] = {s["name"]: [] for s in todo}  # shard -> its runs
     writes: dict[Any, str] = {}
+    parquet = {"classes": tuple(cfg.index.classes), "frames_compression": cfg.write.frames_compression}
     done = 0
     try:
         while queue or pending or writes:
-            while queue and len(pending) < workers:
-                name, cid = queue.pop(0)
-                meta_ref, frames_ref = process.remote(root, clips_by_id[cid], cfg.decode, cfg.align)
-                pending[meta_ref] = (name, cid, frames_ref)
+            while queue and len(pending) < 2 * workers:  # one queued behind each running: no idle gap
+                name, ids = queue.pop()
+                rows_ref, crops_ref = process.remote(root, [clips_by_id[c] for c in ids], cfg.decode, cfg.align)
+                pending[rows_ref] = (name, ids, crops_ref)
             ready, _ = ray.wait(list(pending) + list(writes), num_returns=1)
             for ref in ready:
                 if ref in writes:
@@ -433,22 +459,21 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
                         push(out, remote, [INDEX_NAME])
                     fault_point("build.shard_done")
                     continue
-                name, cid, frames_ref = pending.pop(ref)
-                meta = ray.get(ref)
-                fault_point("build.clip_done")
-                got[name][cid] = (meta, frames_ref if meta["status"] == "written" else None)
-                done += 1
-                if on_progress:
-                    on_progress(done, total)
+                name, ids, crops_ref = pending.pop(ref)
+                rows = ray.get(ref)
+                for _ in ids:
+                    fault_point("build.clip_done")
+                    done += 1
+                    if on_progress:
+                        on_progress(done, total)
                 shard = shard_of[name]
-                if len(got[name]) == len(shard["clip_ids"]):
-                    results = [got[name][c][0] for c in shard["clip_ids"]]
-                    frames = [got[name][c][1] for c in shard["clip_ids"] if got[name][c][1] is not None]
+                got[name].append((shard["clip_ids"].index(ids[0]), rows, crops_ref))
+                if sum(len(r) for _, r, _ in got[name]) == len(shard["clip_ids"]):
+                    runs = sorted(got.pop(name), key=lambda run: run[0])
+                    results = [row for _, r, _ in runs for row in r]
                     clips = [clips_by_id[c] for c in shard["clip_ids"]]
-                    parquet = {"classes": tuple(cfg.index.classes), "frames_compression": cfg.write.frames_compression}
                     writes[writer.remote(out_s, shard, clips, results, cfg.write.formats, remote, parquet,
-                                         *frames)] = name
-                    del got[name]
+                                         *[c for _, _, c in runs])] = name
             summary.processed = done
     except ray.exceptions.RayTaskError as e:
         raise BuildError(f"a build task failed; the shards written so far are kept and a re-run resumes: "

@@ -104,9 +104,23 @@ def init_ray(address: str, workers: int) -> tuple[int, bool]:
     return workers, started
 
 
+def _kill(procs: list[Any]) -> None:
+    import psutil
+
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            continue
+
+
 def shutdown_ray(started: bool) -> None:
-    """End a Ray that `init_ray` started, and every process it left (idle workers outlive
-    the raylet by seconds otherwise). A joined or reused Ray is left alone."""
+    """End a Ray that `init_ray` started, and every process it left. A joined or reused Ray is left alone.
+
+    Ray's own shutdown waits for what it asks to stop: a full second for the autoscaler monitor,
+    which ignores SIGTERM, and idle workers outlive the raylet by a second or two. The monitors
+    only watch and the workers are idle once a build has ended (or is being abandoned), so both
+    are killed outright: the start-up tax of a small job stays small."""
     if not started:
         return
     import psutil
@@ -115,15 +129,41 @@ def shutdown_ray(started: bool) -> None:
     mine = list(_ray_roots)
     for root in _ray_roots:
         try:
-            mine += root.children(recursive=True)  # the workers, children of the raylet
+            mine += root.children(recursive=True)  # the workers and agents, children of the raylet
         except psutil.Error:
             continue
     _ray_roots.clear()
+    _kill([p for p in mine if _is_monitor(p)])
     ray.shutdown()
-    _, alive = psutil.wait_procs(mine, timeout=2)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            continue
-    psutil.wait_procs(alive, timeout=2)
+    _kill(mine)
+    _wait_gone(mine, timeout=2.0)
+
+
+def _wait_gone(procs: list[Any], timeout: float) -> None:
+    """Until every process has exited (a zombie counts: the raylet's orphans wait for init to reap them)."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    left = list(procs)
+    while left and time.monotonic() < deadline:
+        still = []
+        for p in left:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    still.append(p)
+            except psutil.Error:
+                continue
+        left = still
+        if left:
+            time.sleep(0.01)
+
+
+def _is_monitor(p: Any) -> bool:
+    import psutil
+
+    try:
+        return any(arg.endswith("monitor.py") for arg in p.cmdline())  # autoscaler/monitor.py, log_monitor.py
+    except psutil.Error:
+        return False

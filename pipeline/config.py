@@ -33,6 +33,8 @@ __all__ = [
     "find_config",
     "shipped_configs",
     "config_to_dict",
+    "BUILD_FIELDS_ADDED",
+    "with_added_fields",
 ]
 
 # DFEW's class order (index 0..6); soft labels and votes follow it everywhere.
@@ -102,9 +104,14 @@ class DecodeConfig:
 class AlignConfig:
     detector: str = "retinaface"  # retinaface | mtcnn | none (input is already face-cropped: resize only)
     frame_size: int = 112  # S: output crops are S x S (112 default, 224 allowed)
-    detect_max_side: int = 640  # detection runs on frames downscaled to this longest side (px); RetinaFace
-    # landmarks drift by a few px on small faces, so going lower trades alignment for speed
+    # whole-frame detection runs on frames downscaled to this longest side (px): with roi_size, only to find
+    # the face to track (RetinaFace-mobilenet finds DFEW-sized faces at 320); without, for every landmark
+    detect_max_side: int = 320
     detect_every: int = 2  # run the detector on every k-th sampled frame, interpolate the rest
+    # > 0: track the face: each tried frame is searched in a window around the last face found (1.75x its
+    # size), resized to roi_size x roi_size px, so landmarks come from a ~110 px face whatever the frame size;
+    # 0 = every detection on the whole frame (the behaviour before roi_size: 0 with detect_max_side 640)
+    roi_size: int = 192
     min_score: float = 0.8  # detections below this confidence count as "no face"
     eye_weight: int = 5  # each eye counts this often in the 5-point fit (1 = plain fit): eyes stay on the template
     smooth_window: int = 5  # centred moving average over per-frame transforms (frames; 1 = off)
@@ -115,6 +122,8 @@ class AlignConfig:
         _check_range("align.frame_size", self.frame_size, 32, 512)
         _check_range("align.detect_max_side", self.detect_max_side, 64, 4096)
         _check_range("align.detect_every", self.detect_every, 1, 1024)
+        if self.roi_size != 0:
+            _check_range("align.roi_size", self.roi_size, 32, 1024)
         _check_range("align.min_score", self.min_score, 0.0, 1.0)
         _check_range("align.eye_weight", self.eye_weight, 1, 100)
         _check_range("align.smooth_window", self.smooth_window, 1, 1024)
@@ -143,9 +152,11 @@ class WriteConfig:
 class RayConfig:
     workers: int = 0  # clips processed at once (0 = all cores of the local machine / cluster)
     address: str = ""  # join this Ray cluster ("" = RAY_ADDRESS if set, else start a local Ray)
+    clips_per_task: int = 0  # clips one Ray task decodes and aligns (0 = auto: 1 for small jobs, up to 8)
 
     def __post_init__(self) -> None:
         _check_range("ray.workers", self.workers, 0, 100_000)
+        _check_range("ray.clips_per_task", self.clips_per_task, 0, 10_000)
 
 
 @dataclass(frozen=True)
@@ -343,6 +354,21 @@ class BuildConfig:
         del d["write"]["overwrite"]
         del d["write"]["out"]
         return d
+
+
+# build-shards fields added after builds were made, with the value that reproduces those builds: a config
+# stored without the key (plan.json, index.json) was built with it, so resume and repair keep working.
+BUILD_FIELDS_ADDED: dict[str, Any] = {"align.roi_size": 0}
+
+
+def with_added_fields(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored build config with every field added since filled in with its old value."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in stored.items()}
+    for dotted, value in BUILD_FIELDS_ADDED.items():
+        section, name = dotted.split(".")
+        if isinstance(out.get(section), dict):
+            out[section].setdefault(name, value)
+    return out
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

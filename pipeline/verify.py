@@ -443,7 +443,7 @@ def _build_runner(shards: Path, root: Path, conf: dict[str, Any], dataset: dict[
     """build_shards bound to the stored config, after checking it can run: the dataset is
     there (by its absolute path) and gives the plan on disk."""
     from pipeline.build import BuildError, build_shards, plan_build
-    from pipeline.config import BuildConfig, ConfigError, load_config
+    from pipeline.config import BuildConfig, ConfigError, load_config, with_added_fields
     from pipeline.errors import LayoutError
 
     given = conf.get("dataset_root", "")
@@ -454,7 +454,7 @@ def _build_runner(shards: Path, root: Path, conf: dict[str, Any], dataset: dict[
         raise ShardError(f"cannot repair {root}: its source dataset {where} (given as {given!r} when it was built) "
                          "is not there; nothing was deleted; put the dataset back there and run verify --repair "
                          "again")
-    conf = conf | {"dataset_root": str(where)}
+    conf = with_added_fields(conf) | {"dataset_root": str(where)}
     conf["write"] = (conf.get("write") or {}) | {"out": str(root), "overwrite": False}
     try:
         cfg = load_config(BuildConfig, None, _flatten(conf))

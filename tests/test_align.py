@@ -102,3 +102,95 @@ def test_fill_nearest_for_missed_and_interpolates_untried():
     # frame 1 was not tried: interpolated between frames 0 and 2; frame 3 between 2 and 4
     assert out[1, 0] == 0.0 and out[3, 0] == 4.0
     assert out[5, 0] == 8.0  # tried without face: nearest detected (frame 4)
+
+
+def _reference_detect(session, images: np.ndarray, min_score: float) -> list:
+    """RetinaFace decoded the package's way (every anchor, the whole batch), as align.py did before
+    it decoded only the anchors that pass the score."""
+    import cv2
+    from retinaface.postprocess import ANCHOR_SIZES, ANCHOR_STRIDES, generate_anchors, rebuild_boxes, rebuild_pts
+
+    n, h, w, _ = images.shape
+    x = images[..., ::-1].astype(np.float32) - np.array([104, 117, 127], dtype=np.float32)
+    loc, conf, pts = session.run(None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})
+    start = 0
+    for stride, sizes in zip(ANCHOR_STRIDES, ANCHOR_SIZES, strict=True):
+        anchors = generate_anchors(stride, sizes, w, h, n)
+        end = start + anchors.shape[1]
+        loc[:, start:end] = rebuild_boxes(loc[:, start:end], anchors)
+        pts[:, start:end] = rebuild_pts(pts[:, start:end], anchors)
+        start = end
+    loc *= np.array([w, h, w, h], dtype=np.float32)
+    pts *= np.array([w, h] * 5, dtype=np.float32)
+    out = []
+    for i in range(n):
+        keep = np.flatnonzero(conf[i, :, 1] >= min_score)
+        if keep.size == 0:
+            out.append(None)
+            continue
+        kept = cv2.dnn.NMSBoxes(loc[i, keep].tolist(), conf[i, keep, 1].tolist(), min_score, 0.4)
+        faces = [(float(conf[i, j, 1]), pts[i, j].reshape(5, 2), tuple(float(v) for v in loc[i, j]))
+                 for j in keep[np.asarray(kept, dtype=np.int64).reshape(-1)]]
+        out.append(max(faces, key=lambda f: f[2][2] * f[2][3]) if faces else None)
+    return out
+
+
+@pytest.mark.parametrize("side", [640, 320])
+def test_detector_gives_the_faces_of_the_reference_decoding_bit_for_bit(sample, side):
+    """The faster pre/post-processing changes no number: old configs keep their bytes."""
+    from pipeline.align import _downscale
+
+    det = RetinaFaceDetector(AlignConfig())
+    for cid in [*_face_ids(sample, 3), sample.no_face[0]]:
+        small, _ = _downscale(_frames(sample, cid)[::3], side)
+        for new, ref in zip(det.detect(small), _reference_detect(det.session, small, 0.8), strict=True):
+            assert (new is None) == (ref is None)
+            if new is not None:
+                assert new.score == ref[0] and new.box == ref[2] and np.array_equal(new.landmarks, ref[1])
+
+
+def test_tracking_keeps_the_clips_whole_frames_keep_and_finds_the_same_landmarks(sample):
+    """roi_size (tracking, the default) against every detection on the whole frame at 640 px (the
+    old default): the same clips kept and rejected, the same number of faces, and each frame's eyes
+    within 4% of the crop size of each other once carried into the crop."""
+    track, whole = AlignConfig(), AlignConfig(roi_size=0, detect_max_side=640)
+    assert track.roi_size > 0
+    for i in range(1, sample.clips + 1):
+        cid = f"{i:05d}"
+        if cid in sample.corrupt:
+            continue
+        frames = _frames(sample, cid)
+        got = {}
+        for name, cfg in (("track", track), ("whole", whole)):
+            try:
+                got[name] = track_face(frames, get_detector(cfg), cfg, cid)
+            except ClipRejected:
+                got[name] = None
+        assert (got["track"] is None) == (got["whole"] is None), f"{cid}: {got}"
+        if got["track"] is None:
+            continue
+        (mt, st), (mw, sw) = got["track"], got["whole"]
+        assert st["face_frames"] == sw["face_frames"] and st["face_tried"] == sw["face_tried"]
+        eyes = template(112)[:2]
+        for a, b in zip(mt, mw, strict=True):
+            # the template's eyes taken back into the frame by one transform and into the crop by the
+            # other: how far the two alignments disagree, in crop pixels
+            in_frame = (eyes - a[:, 2]) @ np.linalg.inv(a[:, :2]).T
+            assert np.abs(in_frame @ b[:, :2].T + b[:, 2] - eyes).max() < 0.04 * 112, cid
+
+
+def test_a_window_that_leaves_the_frame_still_finds_the_face(sample):
+    """A face at the frame's edge: its tracking window is padded outside the frame, and the
+    landmarks match a whole-frame detection at full size."""
+    from pipeline.align import _detect_roi
+
+    det = get_detector(AlignConfig())
+    frame = _frames(sample, _face_ids(sample, 1)[0])[0]
+    whole = det.detect(frame[None])[0]
+    x, y, w, h = whole.box
+    shift = int(x + w * 0.3)  # cut the frame so the face's left third is at the edge
+    edge = np.ascontiguousarray(frame[:, shift:])
+    ref = det.detect(edge[None])[0]
+    found = _detect_roi(det, edge, (x - shift, y, w, h), 192)
+    assert ref is not None and found is not None
+    assert np.abs(found.landmarks - ref.landmarks)[2:].max() < 0.08 * w  # nose and mouth: inside the frame

@@ -218,3 +218,33 @@ def test_cli_summary_and_exit_codes(sample, ray_session, tmp_path):
     assert res.exit_code != 0 and "not a recognised DFEW copy" in res.output
     res = runner.invoke(main, ["build-shards", str(sample.root), "--num-frames", "0"])
     assert res.exit_code == 2 and "decode.num_frames=0 is out of range" in res.output
+
+
+def test_runs_of_clips_per_task_write_the_same_bytes(built, sample, ray_session, tmp_path):
+    """Several clips per Ray task (as large builds run) or one: the same shards."""
+    out_ref = built[0]
+    cfg = build_config(sample.root, tmp_path / "runs", **{"ray.workers": 2, "write.shard_size_mb": 2.0,
+                                                           "ray.clips_per_task": 5})
+    build_shards(cfg)
+    a, b = _shard_files(out_ref), _shard_files(tmp_path / "runs")
+    assert a.keys() == b.keys() and [k for k in a if a[k] != b[k]] == []
+
+
+def test_a_build_from_before_tracking_resumes_with_the_old_settings(built, sample, tmp_path):
+    """A plan.json written before align.roi_size existed reads as roi_size=0: the new default is
+    refused with the difference named, the old settings resume it (dry run: no Ray)."""
+    import shutil
+
+    from pipeline.build import plan_build
+
+    out = tmp_path / "old"
+    shutil.copytree(built[0], out)
+    plan = json.loads((out / "_state/plan.json").read_text())
+    del plan["config"]["align"]["roi_size"]
+    plan["config"]["align"]["detect_max_side"] = 640
+    (out / "_state/plan.json").write_text(json.dumps(plan))
+    base = {"ray.workers": 2, "write.shard_size_mb": 2.0}
+    with pytest.raises(BuildError, match=r"align\.detect_max_side: 640 on disk, 320 now; align\.roi_size: 0 on disk"):
+        plan_build(build_config(sample.root, out, **base))
+    old = build_config(sample.root, out, **base, **{"align.roi_size": 0, "align.detect_max_side": 640})
+    assert plan_build(old)["shards_done"] == len(plan["shards"])

@@ -74,3 +74,16 @@ def test_shipped_yaml_configs_load():
     assert load_config(MixConfig, configs / "mix/dfew.yaml").copies == 2
     t = load_config(TrainConfig, configs / "train/dfew.yaml", {"epochs": 3})
     assert t.epochs == 3 and t.alpha == 0.8 and TrainConfig(folds="1-5").fold_list() == [1, 2, 3, 4, 5]
+
+
+def test_a_stored_config_without_a_later_field_reads_as_the_old_behaviour():
+    from pipeline.config import with_added_fields
+
+    stored = config_to_dict(load_config(BuildConfig))
+    del stored["align"]["roi_size"]  # a build made before tracking
+    old = with_added_fields(stored)
+    assert old["align"]["roi_size"] == 0 and "roi_size" not in stored["align"]  # the input is left alone
+    now = config_to_dict(load_config(BuildConfig))
+    assert with_added_fields(now) == now  # a field that is there is kept
+    with pytest.raises(ConfigError, match=r"align\.roi_size=8 is out of range"):
+        load_config(BuildConfig, None, {"align.roi_size": 8})
