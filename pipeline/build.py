@@ -255,11 +255,11 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} on disk, {b!r} now"]
 
 
-def _load_done(out: Path, plan: list[dict[str, Any]], sizes: dict[str, int] | None = None
-               ) -> dict[str, dict[str, Any]]:
+def _load_done(out: Path, plan: list[dict[str, Any]], sizes: dict[str, int] | None = None,
+               level: int = logging.WARNING) -> dict[str, dict[str, Any]]:
     """Done-files of planned shards whose files are all present with the recorded size
-    (on the local disk, or in `sizes`, the listing of a remote output)."""
-    states = {shard["name"]: load_done(out, shard["name"], sizes) for shard in plan}
+    (on the local disk, or in `sizes`, the listing of a remote output); an incomplete one is logged at `level`."""
+    states = {shard["name"]: load_done(out, shard["name"], sizes, level) for shard in plan}
     return {name: state for name, state in states.items() if state is not None}
 
 
@@ -296,11 +296,12 @@ def _index_doc(cfg: BuildConfig, states: dict[str, dict], counts: dict[str, Any]
     }
 
 
-def plan_build(cfg: BuildConfig) -> dict[str, Any]:
+def plan_build(cfg: BuildConfig, rebuild_level: int = logging.WARNING) -> dict[str, Any]:
     """What build-shards would do (--dry-run): index and plan, no Ray, nothing written.
 
     Makes the refusals the real run would make before its first clip: no usable clip, an
-    output that cannot be written, a build of another config or clip list in --out."""
+    output that cannot be written, a build of another config or clip list in --out. A shard
+    found incomplete is logged at `rebuild_level` (verify --repair expects it: INFO)."""
     index = index_dataset(cfg.dataset_root, cfg.index)
     if not index.clips:
         raise _no_clips(cfg, index.rejects)
@@ -311,7 +312,7 @@ def plan_build(cfg: BuildConfig) -> dict[str, Any]:
     done: dict[str, dict] = {}
     if not cfg.write.overwrite:  # the same refusal the real run would make
         _check_plan(out, cfg, plan, write=False)
-        done = _load_done(out, plan)
+        done = _load_done(out, plan, level=rebuild_level)
     reclaim = sum(p.stat().st_size for p in (out / f for f in owned_files(out)) if p.is_file()) if (
         cfg.write.overwrite and out.is_dir()) else 0  # what --overwrite deletes before it writes
     room = _check_room(cfg, out, [s for s in plan if s["name"] not in done], reclaim)

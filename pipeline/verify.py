@@ -420,25 +420,6 @@ def _regenerated_idx(root: Path, entry: dict[str, Any]) -> bytes | None:
     return data if hashlib.sha256(data).hexdigest() == entry["idx"]["sha256"] else None
 
 
-@contextlib.contextmanager
-def _expected_rebuilds() -> Any:
-    """The repair's own look at the plan finds the damaged shards incomplete, which is why it runs: build's
-    "shard ... is incomplete on disk; rebuilding it" is expected news here, logged at INFO, not WARNING."""
-    build_log = logging.getLogger("pipeline.build")
-
-    def demote(record: logging.LogRecord) -> bool:
-        if record.levelno == logging.WARNING and "is incomplete on disk" in str(record.msg):
-            build_log.info(record.msg, *record.args)
-            return False
-        return True
-
-    build_log.addFilter(demote)
-    try:
-        yield
-    finally:
-        build_log.removeFilter(demote)
-
-
 def _build_runner(shards: Path, root: Path, conf: dict[str, Any], dataset: dict[str, Any], ipath: Path) -> Any:
     """build_shards bound to the stored config, after checking it can run: the dataset is
     there (by its absolute path) and gives the plan on disk."""
@@ -458,8 +439,9 @@ def _build_runner(shards: Path, root: Path, conf: dict[str, Any], dataset: dict[
     conf["write"] = (conf.get("write") or {}) | {"out": str(root), "overwrite": False}
     try:
         cfg = load_config(BuildConfig, None, _flatten(conf))
-        with _expected_rebuilds():
-            plan_build(cfg)  # indexes the dataset and compares its plan with the one on disk: no write
+        # indexes the dataset and compares its plan with the one on disk, no write; the damaged shards it
+        # finds incomplete are why the repair runs: news at INFO, not a WARNING
+        plan_build(cfg, rebuild_level=logging.INFO)
     except (ConfigError, BuildError, LayoutError) as e:
         raise ShardError(f"cannot repair {root} from {where}: {e}; nothing was deleted") from None
     return lambda: build_shards(cfg)

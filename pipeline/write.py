@@ -316,11 +316,12 @@ def entries_present(out: Path, entries: list[dict[str, Any]], sizes: dict[str, i
     return all((out / p).is_file() and (out / p).stat().st_size == n for p, n in entry_files(entries))
 
 
-def load_done(out: Path, shard: str, sizes: dict[str, int] | None = None) -> dict[str, Any] | None:
+def load_done(out: Path, shard: str, sizes: dict[str, int] | None = None,
+              level: int = logging.WARNING) -> dict[str, Any] | None:
     """The done-file of planned shard `shard` when it is whole and every file it lists is there
     (inside `out`, with the recorded size; on the local disk or in `sizes`); else None, and the
     shard is written again. A done-file that is garbled or lists a path outside `out` is
-    never followed: a warning names it and why."""
+    never followed: a warning names it and why (logged at `level`: a repair expects damaged shards)."""
     rel = f"{STATE_DIR}/{shard}.json"
     path = out / rel
     if not path.is_file() and not path.is_symlink():
@@ -335,11 +336,11 @@ def load_done(out: Path, shard: str, sizes: dict[str, int] | None = None) -> dic
             entry_paths(out, e, path, "the shard is written again")
         present = entries_present(out, state["entries"], sizes)
     except (ShardError, KeyError, TypeError) as e:  # garbled: the shard is built again
-        logger.warning("%s; rebuilding shard %s", e if isinstance(e, ShardError) else f"{path}: garbled ({e})",
-                       shard)
+        logger.log(level, "%s; rebuilding shard %s", e if isinstance(e, ShardError) else f"{path}: garbled ({e})",
+                   shard)
         return None
     if not present:
-        logger.warning("shard %s is incomplete on disk; rebuilding it", shard)
+        logger.log(level, "shard %s is incomplete on disk; rebuilding it", shard)
         return None
     return state
 

@@ -69,7 +69,7 @@ def test_repair_rebuilds_only_the_damaged_shard(copy, built, ray_session, caplog
     twin.unlink()
     others = {p: p.stat().st_mtime_ns for p in [*copy.glob("*/*"), *copy.glob("parquet/*/*")]
               if p.stem != damaged.stem and p != twin and p.is_file()}
-    with caplog.at_level(logging.INFO, logger="pipeline.build"):
+    with caplog.at_level(logging.INFO, logger="pipeline.write"):
         res = CliRunner().invoke(main, ["verify", str(copy), "--repair"])
     assert res.exit_code == 0, res.output
     assert f"repaired 1 shard(s): {damaged.stem}" in res.output and "OK" in res.output
