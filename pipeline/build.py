@@ -52,6 +52,7 @@ from pipeline.write import (
     encode_sample,
     estimate_bytes,
     load_done,
+    owned_bytes,
     owned_files,
     plan_shards,
     remove_outputs,
@@ -313,8 +314,7 @@ def plan_build(cfg: BuildConfig, rebuild_level: int = logging.WARNING) -> dict[s
     if not cfg.write.overwrite:  # the same refusal the real run would make
         _check_plan(out, cfg, plan, write=False)
         done = _load_done(out, plan, level=rebuild_level)
-    reclaim = sum(p.stat().st_size for p in (out / f for f in owned_files(out)) if p.is_file()) if (
-        cfg.write.overwrite and out.is_dir()) else 0  # what --overwrite deletes before it writes
+    reclaim = owned_bytes(out) if cfg.write.overwrite and out.is_dir() else 0  # what --overwrite deletes first
     room = _check_room(cfg, out, [s for s in plan if s["name"] not in done], reclaim)
     parts = Counter(c["part"] for c in index.clips)
     return {"dataset": str(cfg.dataset_root), "out": str(out), "clips": len(index.clips),

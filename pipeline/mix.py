@@ -52,7 +52,7 @@ from pipeline.write import (
     encode_sample,
     estimate_bytes,
     load_done,
-    owned_files,
+    owned_bytes,
     remove_outputs,
     remove_temporaries,
     write_index,
@@ -256,9 +256,7 @@ def _check_room(cfg: MixConfig, out: Path, index: dict[str, Any], todo: list[dic
         return {"bytes_needed": need}
     reclaim = 0
     if cfg.overwrite:  # what --overwrite deletes before it writes
-        folds = sorted({s["fold"] for s in todo})
-        reclaim = sum(p.stat().st_size for k in folds for p in (_fold_out(out, k) / f for f in
-                                                                 owned_files(_fold_out(out, k))) if p.is_file())
+        reclaim = sum(owned_bytes(_fold_out(out, k)) for k in sorted({s["fold"] for s in todo}))
     free, why = check_room(out, need - reclaim)
     if why:
         raise ShardError(f"{why}: {samples} mixed samples ({cfg.copies} copies of each training clip) x "

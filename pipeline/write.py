@@ -60,6 +60,7 @@ __all__ = [
     "write_clips_table",
     "write_rejects_table",
     "owned_files",
+    "owned_bytes",
     "remove_temporaries",
     "remove_outputs",
     "estimate_bytes",
@@ -434,6 +435,11 @@ def owned_files(out: Path) -> set[str]:
         files.add(f"{STATE_DIR}/{name}.json")
         files.update(f for fmt in FORMAT_DIRS for f in shard_files(name, fmt))
     return {f for f in files if is_removable(out, f)}
+
+
+def owned_bytes(out: Path) -> int:
+    """Bytes of the files owned_files names under `out`: what an --overwrite deletes before it writes."""
+    return sum(p.stat().st_size for p in (Path(out) / f for f in owned_files(out)) if p.is_file())
 
 
 def remove_temporaries(out: Path) -> int:

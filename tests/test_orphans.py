@@ -71,16 +71,22 @@ def _start(built, tmp_path: Path, method: str, when: str) -> tuple[subprocess.Po
     return proc, children, lines
 
 
+def _kill_and_wait(proc: subprocess.Popen, children: list[psutil.Process]) -> list[int]:
+    """kill -9 the loader's process, then poll (a readiness wait, up to 60 s) until its readers are gone;
+    -> the pids still alive."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    end = time.monotonic() + 60
+    while any(_alive(c) for c in children) and time.monotonic() < end:
+        time.sleep(0.2)
+    return [c.pid for c in children if _alive(c)]
+
+
 @pytest.mark.parametrize(("method", "when"), [("fork", "mid-epoch"), ("fork", "before"), ("spawn", "mid-epoch")])
 def test_readers_die_when_the_loader_process_is_killed(built, tmp_path, method, when):
     proc, children, _ = _start(built, tmp_path, method, when)
     try:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        end = time.monotonic() + 60
-        while any(_alive(c) for c in children) and time.monotonic() < end:
-            time.sleep(0.2)
-        left = [c.pid for c in children if _alive(c)]
+        left = _kill_and_wait(proc, children)
         assert not left, f"reader processes {left} outlived their parent"
     finally:
         for c in children:
@@ -96,9 +102,4 @@ def test_readers_of_a_loader_built_on_a_thread_outlive_that_thread(built, tmp_pa
         assert lines[0].startswith("batch 2")  # the readers read after the building thread had ended
         assert all(_alive(c) for c in children)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        end = time.monotonic() + 60
-        while any(_alive(c) for c in children) and time.monotonic() < end:
-            time.sleep(0.2)
-        assert not [c for c in children if _alive(c)]
+        assert not _kill_and_wait(proc, children)
