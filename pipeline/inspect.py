@@ -29,6 +29,11 @@ def _entropy(soft: np.ndarray) -> np.ndarray:
     return -(soft * np.log2(p)).sum(axis=1)
 
 
+def _printable(text: str) -> str:
+    """A title with control characters escaped (a clip id may hold a tab): no font has a glyph for them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _frames_row(frames: np.ndarray, per_row: int) -> np.ndarray:
     idx = np.linspace(0, len(frames) - 1, per_row).round().astype(int)
     return np.concatenate(list(frames[idx]), axis=1)
@@ -74,7 +79,7 @@ def inspect_shards(shards: str | Path, png: str | Path, clips: int = 6, seed: in
         axes[r, 0].imshow(_frames_row(frames, frames_per_row))
         axes[r, 0].set_xticks([])
         axes[r, 0].set_yticks([])
-        axes[r, 0].set_title(title, fontsize=7, loc="left")
+        axes[r, 0].set_title(_printable(title), fontsize=7, loc="left")
         axes[r, 0].set_xlabel(f"{frames_per_row} of {len(frames)} frames, in time order", fontsize=6, labelpad=1)
         axes[r, 0].set_ylabel("face crop", fontsize=6)
         axes[r, 1].barh(range(len(classes)), soft, color="tab:blue")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pipeline.config import BuildConfig, load_config
@@ -43,6 +47,41 @@ def sample(tmp_path_factory: pytest.TempPathFactory):
     from pipeline.tools.make_sample import make_sample
 
     return make_sample(tmp_path_factory.mktemp("sample") / "dfew", clips=SAMPLE_CLIPS, seed=0)
+
+
+def session_procs(sid: int) -> list[psutil.Process]:
+    """Live (not zombie) processes of session `sid`: a command started with start_new_session and
+    its local Ray. Ray puts each worker in a process group of its own, so a killpg misses them."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return found
+
+
+def kill_session(sid: int, limit: float = 60.0) -> None:
+    """kill -9 every process of session `sid` at once, as a machine that loses power would, and
+    return once they are all gone (a readiness wait). Stopped first, so no worker finishes a
+    shard while its neighbours are being killed."""
+    procs = session_procs(sid)
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.Error:
+                continue
+    psutil.wait_procs(procs, timeout=limit)
+    end = time.monotonic() + limit
+    while session_procs(sid) and time.monotonic() < end:  # one forked while the others were being stopped
+        for p in session_procs(sid):
+            try:
+                p.kill()
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
 
 
 def build_config(root: Path, out: Path, **overrides) -> BuildConfig:

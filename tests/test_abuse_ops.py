@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from click.testing import CliRunner
-from conftest import build_config
+from conftest import build_config, kill_session, session_procs
 
 from pipeline.build import BuildError, build_shards
 from pipeline.cli import main
@@ -50,26 +49,6 @@ def _cli(*args: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env=popen.pop("env", None) or _env(), **popen)
-
-
-def _session(sid: int) -> list[psutil.Process]:
-    """Live (not zombie) processes of session `sid`: what a command and its local Ray left."""
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return found
-
-
-def _kill_session(sid: int) -> None:
-    for p in _session(sid):
-        try:
-            p.kill()
-        except psutil.Error:
-            continue
 
 
 def _wait_for(cond, what: str, limit: float = 120.0) -> None:
@@ -117,7 +96,7 @@ def test_a_second_build_on_the_same_out_refuses_and_names_the_holder(built, samp
         assert "wait for it to end" in lines[0]
         _, first_err = first.communicate(timeout=300)
     finally:
-        _kill_session(first.pid)
+        kill_session(first.pid)
     assert first.returncode == 0, first_err
     assert not [n for n in RAY_NOISE if n in first_err], first_err  # a quiet start: no token or dashboard lines
     index = json.loads((out / "index.json").read_text())
@@ -373,14 +352,14 @@ def test_sigterm_ends_a_build_cleanly_and_it_resumes(built, sample, ray_session,
     out = tmp_path / "shards"
     proc = _cli("build-shards", str(sample.root), "--out", str(out), *BUILD_ARGS)
     try:
-        _wait_for(lambda: any(p.name() == "raylet" for p in _session(proc.pid)), "the build's Ray to start")
+        _wait_for(lambda: any(p.name() == "raylet" for p in session_procs(proc.pid)), "the build's Ray to start")
         _wait_for(lambda: (out / "_state").is_dir() and len(list((out / "_state").glob("part*.json"))) >= 1
                   or proc.poll() is not None, "a first shard")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
-        left = _session(proc.pid)
+        left = session_procs(proc.pid)
     finally:
-        _kill_session(proc.pid)
+        kill_session(proc.pid)
     if proc.returncode == 0:
         pytest.skip("the build finished before SIGTERM arrived")
     assert proc.returncode == 128 + signal.SIGTERM
@@ -419,7 +398,7 @@ def test_a_two_node_cluster_that_loses_a_node_mid_build_gives_the_same_shards(bu
                                 start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         sessions.append(node.pid)
         assert node.wait(timeout=120) == 0, node.stdout.read()
-        assert any(p.name() == "raylet" for p in _session(node.pid))
+        assert any(p.name() == "raylet" for p in session_procs(node.pid))
 
         out = tmp_path / "shards"
         build = _cli("build-shards", str(sample.root), "--out", str(out), "--shard-size-mb", "2",
@@ -427,12 +406,12 @@ def test_a_two_node_cluster_that_loses_a_node_mid_build_gives_the_same_shards(bu
         sessions.append(build.pid)
         _wait_for(lambda: (out / "index.json").is_file() or build.poll() is not None, "a first shard")
         assert build.poll() is None, build.communicate()
-        _kill_session(node.pid)  # the second node dies: its raylet, its workers, the objects they held
+        kill_session(node.pid)  # the second node dies: its raylet, its workers, the objects they held
         _, err = build.communicate(timeout=300)
         assert build.returncode == 0, err[-3000:]
     finally:
         for sid in sessions:  # not `ray stop`: it would stop every Ray of this user on the machine
-            _kill_session(sid)
+            kill_session(sid)
         shutil.rmtree(temp, ignore_errors=True)
     assert _files(out) == _files(built[0])
     assert verify_shards(out).ok

@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -17,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import build_config
+from conftest import build_config, kill_session
 
 from pipeline.build import BuildError, build_shards
 from pipeline.cli import main
@@ -129,7 +128,7 @@ def test_killed_build_resumes_to_the_same_shards(built, sample, ray_session, tmp
         if len(list((out / "_state").glob("part*.json"))) >= 2:
             break
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and every worker
+    kill_session(proc.pid)  # the driver, its local Ray and every worker (each in a process group of its own)
     proc.wait()
     done = len(list((out / "_state").glob("part*.json")))
     planned = len(json.loads((out_ref / "_state/plan.json").read_text())["shards"])

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import build_config
+from conftest import build_config, kill_session
 
 from pipeline.build import BuildError, build_shards
 from pipeline.config import MixConfig, RayConfig
@@ -35,18 +35,7 @@ def _run_cli(args: list[str], env_extra: dict[str, str], timeout: int = 180) -> 
     try:
         return proc.wait(timeout=timeout)
     finally:
-        _kill_session(proc.pid)
-
-
-def _kill_session(sid: int) -> None:
-    """Whatever the fault left of the command's session (its local Ray)."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    os.kill(int(entry), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                continue
+        kill_session(proc.pid)
 
 
 BUILD_POINTS = [
