@@ -18,18 +18,20 @@ RUN apt-get update \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-# CUDA builds of torch and DALI first (large, rarely change): a better layer cache.
-RUN pip install torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124 \
-    && pip install nvidia-dali-cuda120==1.44.0 tensorboard==2.18.0
+# CUDA builds of torch and DALI first (large, rarely change): a better layer cache. The versions the
+# tests run (pyproject's `stream` extra pins torch 2.13.0); torch from PyTorch's CUDA 12.8 index, which
+# ships its own CUDA libraries (PyPI's torch 2.13.0 is the CUDA 13 build and needs a CUDA 13 driver).
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128 \
+    && pip install nvidia-dali-cuda120==2.4.0
 
 WORKDIR /opt/midas-prep
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY train ./train
 COPY configs ./configs
-# the package itself (its dependencies are pinned by pyproject.toml's ranges)
+# the package with its `gpu` extra (trainer, tensorboard): the torch and DALI above already satisfy it
 # hadolint ignore=DL3013
-RUN pip install . && useradd --create-home --uid 1000 midas
+RUN pip install ".[gpu]" && useradd --create-home --uid 1000 midas
 USER 1000
 WORKDIR /work
 
