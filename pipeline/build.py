@@ -231,8 +231,9 @@ def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]], write: 
             raise BuildError(f"{out} holds a build of format version {old.get('format_version', 1)}; this "
                              f"midas-prep writes version {FORMAT_VERSION} (the shard layout changed): "
                              "pass --overwrite to rebuild it or choose another --out")
-        if with_added_fields(old["config"]) != doc["config"]:
-            diffs = _diff(with_added_fields(old["config"]), doc["config"])
+        stored = with_added_fields(old["config"])
+        if stored != doc["config"]:
+            diffs = _diff(stored, doc["config"])
             raise BuildError(
                 f"{out} holds a build with another config ({'; '.join(diffs[:5])}); "
                 "pass --overwrite to rebuild it or choose another --out"

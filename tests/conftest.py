@@ -64,8 +64,8 @@ def session_procs(sid: int) -> list[psutil.Process]:
 
 def kill_session(sid: int, limit: float = 60.0) -> None:
     """kill -9 every process of session `sid` at once, as a machine that loses power would, and
-    return once they are all gone (a readiness wait). Stopped first, so no worker finishes a
-    shard while its neighbours are being killed."""
+    return once they are all gone (a readiness wait; zombies count as gone). Stopped first, so
+    no worker finishes a shard while its neighbours are being killed."""
     procs = session_procs(sid)
     for sig in (signal.SIGSTOP, signal.SIGKILL):
         for p in procs:
@@ -73,10 +73,9 @@ def kill_session(sid: int, limit: float = 60.0) -> None:
                 p.send_signal(sig)
             except psutil.Error:
                 continue
-    psutil.wait_procs(procs, timeout=limit)
     end = time.monotonic() + limit
-    while session_procs(sid) and time.monotonic() < end:  # one forked while the others were being stopped
-        for p in session_procs(sid):
+    while (left := session_procs(sid)) and time.monotonic() < end:  # dying, or forked while the rest were stopped
+        for p in left:
             try:
                 p.kill()
             except psutil.Error:
