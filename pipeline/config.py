@@ -264,6 +264,9 @@ class TrainConfig:
     mix_mode: str = ""
     val_fraction: float = 0.0  # > 0: hold out this fraction of the training clips; its UAR chooses the epoch
     val_seed: int = 0  # seeds the choice of validation clips
+    # soft-label metrics: a clip is "clear" when its top class holds at least this share of the votes
+    # (8 of DFEW's 10), "ambiguous" otherwise; UAR/WAR are reported for each group (docs/training.md)
+    clear_share: float = 0.8
     alpha: float = 0.8
     mix_prob: float = 1.0
     offline_mixed: bool = False  # add <shards>/mixed/fold=K to the training data
@@ -304,6 +307,8 @@ class TrainConfig:
         arms = self.arms()
         if not self.mix and any(a in ("midas", "mixup") for a in arms) and self.mix_mode:
             raise ConfigError(f"train.mix=false conflicts with train.mix_mode={self.mix_mode!r}; use mix_mode alone")
+        if not 0.0 < self.clear_share <= 1.0:
+            raise ConfigError(f"train.clear_share={self.clear_share!r} is out of range; expected 0 < it <= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"train.val_fraction={self.val_fraction!r} is out of range; expected 0 <= it < 1")
         if self.offline_mixed and arms != ["midas"]:

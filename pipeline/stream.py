@@ -259,6 +259,8 @@ def guard_reader(owner: int, pdeathsig: bool) -> None:
     if me in (owner, _guarded):
         return
     _guarded = me
+    with contextlib.suppress(ValueError):  # Ctrl-C is the trainer's to handle: readers end with it, silently
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if pdeathsig and sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -23,7 +23,7 @@ from pipeline.format import INDEX_NAME
 from pipeline.read import open_index, parse_idx, read_sample
 from pipeline.stream import MidasLoader, list_samples
 from pipeline.write import encode_sample, write_index, write_shard_files
-from train.loop import TrainError, loader_resources, soft_cross_entropy, stream_config, train, train_folds
+from train.loop import SOFT_KEYS, TrainError, loader_resources, soft_cross_entropy, stream_config, train, train_folds
 from train.metrics import classification_metrics
 from train.model import ModelConfig, create_model, use_channels_last
 
@@ -333,6 +333,24 @@ def test_folds_and_arms_write_one_table(built, tmp_path):
     table = (tmp_path / "cmp/summary.md").read_text()
     assert "| midas | 1,2 |" in table and "| none | 1,2 |" in table and "last epoch" in table
     assert json.loads((tmp_path / "cmp/summary.json").read_text())["arms"] == ["midas", "none"]
+    # the soft-label metrics (tests/test_metrics.py checks their values): metrics.jsonl, report.json, summary
+    for row in summary["rows"]:
+        arm = row["mix_mode"]
+        reports = summary["reports"][arm]
+        for r in reports:
+            run = tmp_path / "cmp" / arm / f"fold{r['fold']}"
+            record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+            saved = json.loads((run / "report.json").read_text())
+            for k in SOFT_KEYS:
+                assert saved[f"test_{k}"] == record[f"test_{k}"] == r[f"test_{k}"], k
+            assert record["test_clear_n"] + record["test_ambiguous_n"] == record["test_n"]
+            assert 0 <= record["test_ece"] <= 1 and 0 <= record["test_vote_kl"] <= record["test_vote_nll"]
+            assert record["test_vote_nll"] == pytest.approx(record["test_loss"], rel=1e-3)  # the soft CE on votes
+        assert row["test_ece_mean"] == pytest.approx(np.mean([r["test_ece"] for r in reports]))
+        assert row["test_clear_n"] == sum(r["test_clear_n"] for r in reports)
+        assert (f"| {arm} | {row['test_ece_mean']:.4f} | {row['test_vote_nll_mean']:.4f} | "
+                f"{row['test_vote_kl_mean']:.4f} |") in table
+    assert "| mix mode | ECE | vote NLL | KL |" in table
 
 
 # -- on a GPU (skipped without one): a prebuilt shard directory, no decord or Ray needed there -------------

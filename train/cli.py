@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import click
 
@@ -88,6 +89,12 @@ def main(shards, fold, folds, epochs, batch_size, lr, accum_steps, out, model, w
         result = train_folds(cfg) if several else train(cfg)
     except (ShardError, TrainError) as e:
         raise click.ClickException(str(e)) from e
+    except KeyboardInterrupt:  # one line, no traceback: what was saved and how to go on
+        if int(os.environ.get("RANK", "0")) == 0:
+            where = f"{cfg.out}/<arm>/fold<K>/last.pt" if several else f"{cfg.out}/fold{cfg.fold}/last.pt"
+            click.echo(f"\nmidas-train: interrupted; run the same command with --resume to continue from the last "
+                       f"finished epoch ({where})", err=True)
+        sys.exit(130)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if several:
@@ -111,12 +118,30 @@ def main(shards, fold, folds, epochs, batch_size, lr, accum_steps, out, model, w
                      f"WAR {r['test_war']:.4f}")
     lines.append(f"  chance level:  UAR {chance:.4f} ({r['test_classes_present']} classes among the {r['test_clips']} "
                  "test clips)")
+    lines += soft_label_lines(r, cfg.clear_share)
     first, last = r["history"][0], r["history"][-1]
     lines.append(f"  train loss: {first['train_loss']:.4f} (epoch 1) -> {last['train_loss']:.4f} (epoch "
                  f"{last['epoch']})   test loss: {last['test_loss']:.4f}")
     lines.append(f"  report:  {cfg.out}/fold{r['fold']}/report.json")
     lines.append(f"  metrics: {cfg.out}/fold{r['fold']}/metrics.jsonl")
     click.echo("\n".join(lines))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def soft_label_lines(r: dict, clear_share: float) -> list[str]:
+    """The end-of-run lines of the soft-label metrics of the reported epoch (train.metrics.soft_label_metrics)."""
+    if "test_ece" not in r:
+        return []
+    share = f"{100 * clear_share:g}%"
+    return [f"  against the votes:  ECE {_fmt(r['test_ece'])}  vote NLL {_fmt(r['test_vote_nll'])}  "
+            f"KL {_fmt(r['test_vote_kl'])}",
+            f"  clear clips (top class >= {share} of the votes): {r['test_clear_n']}  UAR {_fmt(r['test_clear_uar'])}  "
+            f"WAR {_fmt(r['test_clear_war'])}",
+            f"  ambiguous clips: {r['test_ambiguous_n']}  UAR {_fmt(r['test_ambiguous_uar'])}  "
+            f"WAR {_fmt(r['test_ambiguous_war'])}"]
 
 
 if __name__ == "__main__":  # pragma: no cover

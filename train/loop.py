@@ -39,7 +39,7 @@ import yaml
 from pipeline.config import StreamConfig, TrainConfig, config_to_dict
 from pipeline.read import open_index
 from pipeline.stream import MidasLoader, list_samples, resolve_device
-from train.metrics import classification_metrics
+from train.metrics import classification_metrics, soft_label_metrics
 from train.model import ModelConfig, create_model, use_channels_last
 
 __all__ = ["TrainError", "train", "train_folds", "soft_cross_entropy", "stream_config", "loader_resources"]
@@ -132,11 +132,12 @@ def _gather(obj: Any, world: int) -> list[Any]:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: MidasLoader, device: torch.device, world: int,
-             classes: list[str], amp: bool, bar: Any = None) -> dict[str, Any]:
-    """Predictions on one evaluation split (each rank its slice, gathered), metrics on every rank alike;
+             classes: list[str], amp: bool, bar: Any = None, clear_share: float = 0.8) -> dict[str, Any]:
+    """Predictions on one evaluation split (each rank its slice, gathered), metrics on every rank alike:
+    UAR/WAR and the soft-label metrics against each clip's votes (train.metrics.soft_label_metrics);
     `bar` (a progress bar in clips) advances by every batch of every rank."""
     model.eval()
-    labels, preds, losses = [], [], []
+    labels, preds, losses, probs, votes = [], [], [], [], []
     for batch in loader:
         if bar is not None:
             bar.update(len(batch["frames"]) * world)
@@ -148,11 +149,16 @@ def evaluate(model: torch.nn.Module, loader: MidasLoader, device: torch.device, 
         lab = np.where(lab >= 0, lab, soft.argmax(1).cpu().numpy())  # manifests without a label: argmax
         labels.append(lab)
         preds.append(logits.argmax(1).cpu().numpy())
-    parts = _gather((np.concatenate(labels), np.concatenate(preds), sum(losses)), world)
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        votes.append(soft.float().cpu().numpy())
+    parts = _gather((np.concatenate(labels), np.concatenate(preds), sum(losses), np.concatenate(probs),
+                     np.concatenate(votes)), world)
     y = np.concatenate([p[0] for p in parts])
     p = np.concatenate([p[1] for p in parts])
     m = classification_metrics(y, p, classes)
     m["loss"] = sum(q[2] for q in parts) / len(y)
+    m |= soft_label_metrics(np.concatenate([q[3] for q in parts]), np.concatenate([q[4] for q in parts]), y, classes,
+                            clear_share)
     model.train()
     if bar is not None:
         bar.close()
@@ -304,7 +310,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for split, loader in eval_loaders.items():  # every metric named by its split: test_uar, val_loss, ...
             bar = _progress(f"fold {cfg.fold} epoch {epoch + 1}/{cfg.epochs} {split}", eval_sizes[split], rank != 0)
             t1 = time.perf_counter()
-            metrics = evaluate(model, loader, device, world, classes, amp, bar)
+            metrics = evaluate(model, loader, device, world, classes, amp, bar, cfg.clear_share)
             record |= {f"{split}_{k}": v for k, v in metrics.items()} | {f"{split}_seconds": time.perf_counter() - t1}
         history.append({k: record[k] for k in HISTORY_KEYS if k in record})
         if cfg.log_samples:
@@ -345,8 +351,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 # What report.json's history keeps of each epoch's metrics.jsonl record.
+SOFT_KEYS = ("ece", "vote_nll", "vote_kl", "clear_uar", "clear_war", "clear_n", "ambiguous_uar", "ambiguous_war",
+             "ambiguous_n")  # train.metrics.soft_label_metrics, per evaluated split
 HISTORY_KEYS = ("epoch", "train_loss", "test_uar", "test_war", "test_loss", "test_n", "test_classes_present",
-                "val_uar", "val_war", "val_loss", "val_n")
+                *(f"test_{k}" for k in SOFT_KEYS), "val_uar", "val_war", "val_loss", "val_n",
+                *(f"val_{k}" for k in SOFT_KEYS))
 
 
 def make_report(fold: int, arm: str, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -364,9 +373,14 @@ def make_report(fold: int, arm: str, history: list[dict[str, Any]]) -> dict[str,
               "test_clips": last["test_n"], "test_classes_present": last["test_classes_present"],
               "last": {"epoch": last["epoch"], "test_uar": last["test_uar"], "test_war": last["test_war"]},
               "history": history}
+    for k in SOFT_KEYS:  # the soft-label metrics of the reported epoch (and of the last), beside UAR/WAR
+        if f"test_{k}" in chosen:
+            report[f"test_{k}"] = chosen[f"test_{k}"]
+            report["last"][f"test_{k}"] = last[f"test_{k}"]
     if n_val:
         report |= {"best_epoch": chosen["epoch"], "val_uar": chosen["val_uar"], "val_war": chosen["val_war"],
                    "val_clips": n_val}
+        report |= {f"val_{k}": chosen[f"val_{k}"] for k in SOFT_KEYS if f"val_{k}" in chosen}
     return report
 
 
@@ -419,11 +433,15 @@ def train_folds(cfg: TrainConfig) -> dict[str, Any]:
         reports[arm].append(train(run))
     rows = []
     for arm in arms:
-        uar = np.array([r["test_uar"] for r in reports[arm]])
-        war = np.array([r["test_war"] for r in reports[arm]])
-        rows.append({"mix_mode": arm, "folds": folds, "test_uar": uar.tolist(), "test_war": war.tolist(),
-                     "test_uar_mean": float(uar.mean()), "test_uar_std": float(uar.std()),
-                     "test_war_mean": float(war.mean()), "test_war_std": float(war.std())})
+        row: dict[str, Any] = {"mix_mode": arm, "folds": folds}
+        for key in ("test_uar", "test_war", *(f"test_{k}" for k in SOFT_KEYS if not k.endswith("_n"))):
+            values = [r.get(key) for r in reports[arm]]  # a group (clear, ambiguous) may be empty in a fold
+            have = np.array([v for v in values if v is not None], dtype=np.float64)
+            row |= {key: values, f"{key}_mean": float(have.mean()) if have.size else None,
+                    f"{key}_std": float(have.std()) if have.size else None}
+        for key in ("test_clear_n", "test_ambiguous_n"):  # clips in each group, over all folds
+            row[key] = sum(int(r.get(key, 0)) for r in reports[arm])
+        rows.append(row)
     selected_by = reports[arms[0]][0]["selected_by"]
     summary = {"folds": folds, "arms": arms, "selected_by": selected_by, "rows": rows, "reports": reports,
                "table": summary_table(rows, selected_by)}
@@ -435,11 +453,32 @@ def train_folds(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def summary_table(rows: list[dict[str, Any]], selected_by: str) -> str:
-    """Markdown: one row per arm, UAR and WAR on part K as mean +- std over the folds (population std)."""
+    """Markdown: one row per arm, UAR and WAR on part K as mean +- std over the folds (population std), then
+    the soft-label metrics (means over the folds): ECE, vote NLL, KL(votes || prediction), and UAR/WAR on the
+    clear and on the ambiguous clips with the number of clips in each group (summed over the folds)."""
+
+    def pct(r: dict[str, Any], key: str) -> str:
+        return "-" if r.get(f"{key}_mean") is None else f"{100 * r[f'{key}_mean']:.2f}"
+
+    def num(r: dict[str, Any], key: str) -> str:
+        return "-" if r.get(f"{key}_mean") is None else f"{r[f'{key}_mean']:.4f}"
+
     lines = [f"UAR and WAR (%) on part K of each fold ({selected_by}), mean +- std over the folds.", "",
              "| mix mode | folds | UAR (%) | WAR (%) |", "| --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['mix_mode']} | {','.join(map(str, r['folds']))} | {100 * r['test_uar_mean']:.2f} +- "
                      f"{100 * r['test_uar_std']:.2f} | {100 * r['test_war_mean']:.2f} +- "
                      f"{100 * r['test_war_std']:.2f} |")
+    lines += ["", "Soft-label metrics on part K against the annotators' votes, mean over the folds: ECE (15 bins, "
+              "top class), vote NLL and KL(votes || prediction) (nats), UAR / WAR (%) of the clear clips (top "
+              "class >= clear_share of the votes) and of the ambiguous rest, with their clip counts.", "",
+              "| mix mode | ECE | vote NLL | KL | clear UAR / WAR (%) | clear clips | ambiguous UAR / WAR (%) "
+              "| ambiguous clips |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "test_ece_mean" not in r:
+            continue
+        lines.append(f"| {r['mix_mode']} | {num(r, 'test_ece')} | {num(r, 'test_vote_nll')} | "
+                     f"{num(r, 'test_vote_kl')} | {pct(r, 'test_clear_uar')} / {pct(r, 'test_clear_war')} | "
+                     f"{r['test_clear_n']} | {pct(r, 'test_ambiguous_uar')} / {pct(r, 'test_ambiguous_war')} | "
+                     f"{r['test_ambiguous_n']} |")
     return "\n".join(lines) + "\n"
