@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -128,6 +128,13 @@ def main() -> None:
     exit_on_sigterm()  # SIGTERM ends a command like Ctrl-C: Ray shut down, the output lock released
 
 
+def _interrupted() -> NoReturn:
+    """Ctrl-C: one line, no traceback (exit 130); the `finally` blocks have shut Ray down and released the lock."""
+    click.echo("\nmidas-prep: interrupted; finished shards are kept, and running the same command again resumes",
+               err=True)
+    sys.exit(130)
+
+
 @main.command("build-shards")
 @_version
 @click.argument("dataset", type=click.Path(path_type=Path))
@@ -192,6 +199,8 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
         s = build_shards(cfg, on_progress=progress)
     except (LayoutError, BuildError) as e:
         raise click.ClickException(str(e)) from e
+    except KeyboardInterrupt:
+        _interrupted()
     finally:
         progress.close()
     if as_json:
@@ -286,7 +295,7 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
     \b
     Example:
         midas-prep mix-offline --copies 2               # ./shards -> ./shards/mixed/fold=1..5
-        midas-prep mix-offline --fold 1 --alpha 0.4 --seed 7 --include-unassigned
+        midas-prep mix-offline --fold 1 --alpha 0.4 --seed 7 --include-unassigned --out shards-a04
     """
     from pipeline.config import RayConfig
     from pipeline.format import ShardError
@@ -313,6 +322,8 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
         s = mix_offline(cfg, ray_cfg, on_progress=progress)
     except ShardError as e:
         raise click.ClickException(str(e)) from e
+    except KeyboardInterrupt:
+        _interrupted()
     finally:
         progress.close()
     if as_json:
@@ -374,6 +385,8 @@ def verify_cmd(shards: str, repair: bool, as_json: bool) -> None:
             click.echo(f"... and {len(report.problems) - 50} more")
         click.echo(f"verify {shards}: {len(report.indexes)} index(es), {report.files} files, {report.samples} "
                    f"samples: {'OK' if report.ok else str(len(report.problems)) + ' problem(s)'}")
+        if not report.ok and not repair:
+            click.echo(f"fix: midas-prep verify {shards} --repair  (rebuilds only the damaged shards)")
     if not report.ok:
         sys.exit(1)
 

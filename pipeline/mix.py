@@ -290,6 +290,8 @@ def mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> MixSummary:
     """Write MIDAS-mixed copies of every fold's training set; resumes an interrupted run."""
     out = local_dir(cfg.out or (cfg.shards.rstrip("/") + "/mixed"))
+    if not is_remote(cfg.shards):
+        open_index(local_dir(cfg.shards))  # no source, no output folder made (not even an empty shards/)
     try:
         with hold_output(out):
             try:

@@ -60,7 +60,8 @@ def test_pytorchjob_manifest_runs_torchrun_on_the_shared_shards():
     doc = yaml.safe_load((ROOT / "docker/pytorchjob-train.yaml").read_text())
     jsonschema.validate(doc, PYTORCHJOB)
     cmd = doc["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
-    assert cmd[0] == "torchrun" and "train" in cmd and "--shards=/data/shards" in cmd
+    assert cmd[0] == "torchrun" and "--shards=/data/shards" in cmd
+    assert cmd[cmd.index("--no-python") + 1] == "midas-train" and "-m" not in cmd  # a user's train.py cannot shadow it
 
 
 def test_compose_file_wires_head_workers_and_the_build():

@@ -119,12 +119,18 @@ def test_midas_train_cli_runs_with_no_other_flag(built, tmp_path):
 
 
 def test_torchrun_two_cpu_ranks_see_disjoint_halves(built, tmp_path):
+    """The documented spelling, `torchrun --no-python midas-train`, from a directory holding a user's own
+    train.py (common in research repositories): `torchrun -m train` would run that file instead."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_"))}
+    (tmp_path / "train.py").write_text("raise SystemExit('the user train.py ran')\n")
+    bindir = Path(sys.executable).parent
+    midas_train = str(bindir / "midas-train") if (bindir / "midas-train").exists() else "midas-train"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "train", "--shards", str(built[0]), "--fold", "2", "--epochs", "1", "--out", str(tmp_path),
-           "--batch-size", "2", "--device", "cpu", "--set", "width=8", "--set", "py_workers=1",
-           "--set", "log_samples=true", "--set", "tensorboard=false"]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+           "--no-python", midas_train, "--shards", str(built[0]), "--fold", "2", "--epochs", "1",
+           "--out", str(tmp_path / "run"), "--batch-size", "2", "--device", "cpu", "--set", "width=8",
+           "--set", "py_workers=1", "--set", "log_samples=true", "--set", "tensorboard=false"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    tmp_path = tmp_path / "run"
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     seen = [json.loads((tmp_path / f"fold2/samples_rank{r}_epoch1.json").read_text()) for r in (0, 1)]
     assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])

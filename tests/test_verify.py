@@ -51,6 +51,7 @@ def test_flipped_byte_caught_by_verify_and_loader(copy, ray_session):
             pass
     res = CliRunner().invoke(main, ["verify", str(copy)])
     assert res.exit_code == 1 and "PROBLEM" in res.output and tar.name in res.output
+    assert f"fix: midas-prep verify {copy} --repair" in res.output  # the way out is named
 
 
 def test_truncated_tar_caught_by_verify_and_loader(copy):

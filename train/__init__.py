@@ -1,1 +1,1 @@
-"""midas-train: DFER models trained on midas-prep shards (`python -m train`, `torchrun -m train`)."""
+"""midas-train: DFER models trained on midas-prep shards (`midas-train`, `torchrun --no-python midas-train`)."""

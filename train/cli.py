@@ -65,7 +65,7 @@ def main(shards, fold, folds, epochs, batch_size, lr, accum_steps, out, model, w
         midas-train --config quick                     # a first run on the make-sample shards, ~1 min on a CPU
         midas-train --shards shards --fold 1 --epochs 1 --out runs/try
         midas-train --config dfew --folds 1-5 --mix-mode midas,mixup,soft,none
-        torchrun --nproc_per_node 8 --nnodes 2 ... -m train --shards /shared/shards --fold 1
+        torchrun --nproc_per_node 8 --nnodes 2 ... --no-python midas-train --shards /shared/shards --fold 1
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("train").setLevel(logging.INFO)  # progress and results

@@ -241,7 +241,7 @@ def index_dfew(root: Path, cfg: IndexConfig) -> IndexResult:
         raise LayoutError(
             f"{root} is not a recognised DFEW copy; missing: " + "; ".join(missing)
             + ". Expected Annotation/annotation.xlsx, EmoLabel_DataSplit/test(single-labeled)/set_1..5.csv"
-            " and Clip/original/ or Clip/clip_224x224/ (see README, 'Dataset layouts')."
+            " and Clip/original/ or Clip/clip_224x224/ (see docs/datasets.md)."
         )
     assert ann_path is not None
     table = _read_table(ann_path)
