@@ -169,6 +169,9 @@ def list_samples(cfg: StreamConfig) -> list[tuple[str, str, str, Any]]:
         mroot = mixed_dir(root, cfg.fold)
         if is_remote(cfg.shards):
             pull(f"{cfg.shards.rstrip('/')}/{mixed_rel(cfg.fold)}", mroot, [INDEX_NAME])
+        if not (mroot / INDEX_NAME).is_file():
+            raise ShardError(f"{mroot} holds no mixed shards: run `midas-prep mix-offline --shards {root} --fold "
+                             f"{cfg.fold}` first, or train without offline_mixed (--set offline_mixed=false)")
         mindex = open_index(mroot)
         if sample_spec(mindex) != sample_spec(index):
             raise ShardError(f"{mroot} holds samples of {sample_spec(mindex)}, {root} of {sample_spec(index)}: "

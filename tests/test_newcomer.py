@@ -31,6 +31,19 @@ def _command_1() -> list[str]:
     return lines
 
 
+def _shown_output(command: str) -> list[re.Pattern]:
+    """README's example output of `command` (the text block after `<!-- output: COMMAND -->`) as one pattern
+    a line: `#.####` stands for a number with 4 decimals (or `-`), `N` for a count."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index(f"<!-- output: {command} -->"):].split("```text\n", 1)[1].split("```", 1)[0]
+    patterns = []
+    for line in block.splitlines():
+        if line.strip():
+            p = re.escape(line).replace(re.escape("#.####"), r"(\d\.\d{4}|-)")
+            patterns.append(re.compile(re.sub(r"\bN\b", r"\\d+", p)))
+    return patterns
+
+
 def _run(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
     """One README command as a user's shell runs it: the console script installed beside this interpreter
     (this checkout's code through PYTHONPATH), none of the RAY_* variables this test session exported."""
@@ -49,9 +62,10 @@ def test_readme_install_lines_name_where_torch_and_dali_come_from():
                for x in pip), pip  # installs from the checkout, the CPU torch named
     assert any("--no-deps" in x and "nvidia-dali-cuda120" in x for x in pip), pip  # DALI without CUDA libraries
     readme = (ROOT / "README.md").read_text()
-    install = readme[readme.index("### Install"):readme.index("## Commands")]
+    install = readme[readme.index("## Install"):readme.index("## The first run")]
     assert "https://download.pytorch.org/whl/cpu" in install and re.search(r"download\.pytorch\.org/whl/cu\d+", install)
     assert '[gpu]' in install
+    assert "424 MB" in install and "2.4 GB" in install and "3.7 GB" in install  # what the install downloads
     pyproject = (ROOT / "pyproject.toml").read_text()
     extras = pyproject[pyproject.index("[project.optional-dependencies]"):pyproject.index("test = [")]
     train_line = next(x for x in extras.splitlines() if x.startswith("train = "))
@@ -104,6 +118,13 @@ def test_readme_command_1_from_an_empty_directory_outside_the_checkout(tmp_path)
     assert report["test_uar"] > chance, (report["test_uar"], chance)
     train_out = out["--config"]
     assert f"UAR {report['test_uar']:.4f}" in train_out and f"chance level:  UAR {chance:.4f}" in train_out
+    form = _shown_output("midas-train --config quick")  # README shows the form of what the run prints
+    printed = [line for line in train_out.splitlines() if line.strip()]
+    start = next(i for i, line in enumerate(printed) if line.startswith("midas-train done"))
+    assert len(printed) - start == len(form), train_out
+    for pattern, line in zip(form, printed[start:], strict=True):
+        assert pattern.fullmatch(line), (pattern.pattern, line)
+    assert config["offline_mixed"] is True  # command 1's words: it trains on the mixed copies it made
     assert config["mix_mode"] == report["mix_mode"] == metrics[-1]["mix_mode"] in ("midas", "mixup", "soft", "none")
     assert config["mix"] == (report["mix_mode"] in ("midas", "mixup"))
     assert (config["fold"], config["epochs"]) == (report["fold"], report["epochs"]) == (report["fold"], len(metrics))

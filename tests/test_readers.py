@@ -1,4 +1,4 @@
-"""README "Reading the shards": every recipe runs verbatim against a real build (with a mixed fold);
+"""docs/reading.md, "Reading the shards": every recipe runs verbatim against a real build (with a mixed fold);
 and the readers under abuse: wrong shapes, garbled .idx, broken index.json, old format, `../` members."""
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from pipeline.stream import ShardSource, create_loader, list_samples
 from pipeline.verify import verify_shards
 from pipeline.write import encode_sample, write_tar
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "reading.md"  # the recipes live here
 RECIPES = ["pyarrow", "pandas", "duckdb", "hf-datasets", "ray", "webdataset", "dali", "tarfile"]
 
 
 def recipe(name: str) -> str:
-    """The python block that follows `<!-- recipe: NAME -->` in README.md."""
+    """The python block that follows `<!-- recipe: NAME -->` in docs/reading.md."""
     m = re.search(rf"<!-- recipe: {re.escape(name)} -->\n```python\n(.*?)\n```", README.read_text(), re.S)
-    assert m, f"README.md has no recipe {name!r}"
+    assert m, f"docs/reading.md has no recipe {name!r}"
     return m.group(1)
 
 
@@ -50,7 +50,7 @@ def shards(built, tmp_path_factory, ray_session) -> Path:
 def _run(name: str, shards: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     monkeypatch.chdir(shards.parent)
     ns: dict = {"__name__": f"recipe_{name}"}
-    exec(compile(recipe(name), f"README.md recipe {name}", "exec"), ns)  # noqa: S102 - the README's own code
+    exec(compile(recipe(name), f"docs/reading.md recipe {name}", "exec"), ns)  # noqa: S102 - the docs' own code
     return ns
 
 
@@ -109,6 +109,8 @@ def test_hf_datasets_recipe(shards, monkeypatch, tmp_path):
     sample = ns["sample"]
     _frames_ok(sample["frames.npy"], shards)  # uint8, not int64
     assert len(ns["wds"]) == _spec(shards)[2] and "label" in sample["json"]
+    cache = shards.parent / ns["cache"]  # the recipe caches inside the work directory, not under ~/.cache
+    assert cache.is_dir() and any(cache.rglob("*.arrow")) and not any((tmp_path / "hf").rglob("*.arrow"))
 
 
 def test_ray_recipe(shards, monkeypatch, ray_session):
