@@ -6,6 +6,9 @@ tests/test_newcomer.py."""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 import re
 import shlex
 import shutil
@@ -126,10 +129,28 @@ def _parse(words: list[str]) -> None:
         raise AssertionError(f"a parse block holds a command the test cannot check: {words}")
 
 
+def _check_python(code: str, where: str) -> None:
+    """Compile a python block and bind every call of a function it imports from this package to that
+    function's real signature (a wrong or missing keyword fails), without running it."""
+    tree = ast.parse(code, where)
+    imported = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("pipeline", "train"):
+            module = importlib.import_module(node.module)
+            imported |= {a.asname or a.name: getattr(module, a.name) for a in node.names}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+             and n.func.id in imported]
+    assert calls, f"{where}: no call of this package to check"
+    for call in calls:
+        inspect.signature(imported[call.func.id]).bind(*call.args, **{k.arg: k.value for k in call.keywords})
+
+
 @pytest.mark.parametrize("item", code_blocks("parse"), ids=_id)
 def test_parse_blocks_are_valid_command_lines(item):
     page, lang, code = item
-    assert lang == "bash"
+    if lang == "python":
+        _check_python(code, f"{page.name} block")
+        return
     commands = _commands(code)
     assert commands
     for words in commands:

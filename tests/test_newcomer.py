@@ -124,7 +124,7 @@ def test_readme_command_1_from_an_empty_directory_outside_the_checkout(tmp_path)
     assert len(printed) - start == len(form), train_out
     for pattern, line in zip(form, printed[start:], strict=True):
         assert pattern.fullmatch(line), (pattern.pattern, line)
-    assert config["offline_mixed"] is True  # command 1's words: it trains on the mixed copies it made
+    assert config["offline_mixed"] is False  # README: quick mixes on the device, the offline copies are not read
     assert config["mix_mode"] == report["mix_mode"] == metrics[-1]["mix_mode"] in ("midas", "mixup", "soft", "none")
     assert config["mix"] == (report["mix_mode"] in ("midas", "mixup"))
     assert (config["fold"], config["epochs"]) == (report["fold"], report["epochs"]) == (report["fold"], len(metrics))
