@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -128,11 +129,16 @@ def main() -> None:
     exit_on_sigterm()  # SIGTERM ends a command like Ctrl-C: Ray shut down, the output lock released
 
 
-def _interrupted() -> NoReturn:
-    """Ctrl-C: one line, no traceback (exit 130); the `finally` blocks have shut Ray down and released the lock."""
+def _interrupted(progress: _Progress) -> NoReturn:
+    """Ctrl-C: one line, no traceback, exit 130. The library's `finally` blocks have shut Ray down and released
+    the lock; the interpreter's own exit is skipped, since Ray's C++ threads, hit by the same SIGINT, could
+    crash it (a segfault seen after the line was printed)."""
+    progress.close()
     click.echo("\nmidas-prep: interrupted; finished shards are kept, and running the same command again resumes",
                err=True)
-    sys.exit(130)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 @main.command("build-shards")
@@ -200,7 +206,7 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
     except (LayoutError, BuildError) as e:
         raise click.ClickException(str(e)) from e
     except KeyboardInterrupt:
-        _interrupted()
+        _interrupted(progress)
     finally:
         progress.close()
     if as_json:
@@ -323,7 +329,7 @@ def mix_offline_cmd(shards: str | None, out: str | None, alpha: float | None, co
     except ShardError as e:
         raise click.ClickException(str(e)) from e
     except KeyboardInterrupt:
-        _interrupted()
+        _interrupted(progress)
     finally:
         progress.close()
     if as_json:

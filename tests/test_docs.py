@@ -7,6 +7,7 @@ tests/test_newcomer.py."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import inspect
 import re
@@ -141,8 +142,16 @@ def _check_python(code: str, where: str) -> None:
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
              and n.func.id in imported]
     assert calls, f"{where}: no call of this package to check"
+    from pipeline.config import StreamConfig
+    from pipeline.stream import create_loader
+
+    extra_fields = {create_loader: {f.name for f in dataclasses.fields(StreamConfig)}}  # where its **kwargs go
     for call in calls:
-        inspect.signature(imported[call.func.id]).bind(*call.args, **{k.arg: k.value for k in call.keywords})
+        func = imported[call.func.id]
+        bound = inspect.signature(func).bind(*call.args, **{k.arg: k.value for k in call.keywords})
+        for name, value in bound.arguments.items():
+            if inspect.signature(func).parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                assert set(value) <= extra_fields.get(func, set()), f"{where}: {func.__name__}({sorted(value)})"
 
 
 @pytest.mark.parametrize("item", code_blocks("parse"), ids=_id)
