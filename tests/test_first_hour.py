@@ -75,11 +75,13 @@ def test_ctrl_c_during_midas_train_is_one_line_naming_resume(built, tmp_path):
     assert not re.search(r"^\s+File \"", err, re.M), err
 
 
-def test_quick_without_mixed_copies_says_to_run_mix_offline(built, tmp_path):
-    """`--config quick` trains on the mixed copies command 1 makes; without them it says what to run."""
+def test_offline_mixed_without_mixed_copies_says_to_run_mix_offline(built, tmp_path):
+    """README suggests `--config quick --offline-mixed` after command 1; without the copies it says what to run
+    (before any loader or model is made)."""
     from train.cli import main as midas_train
 
     shards = tmp_path / "shards"
     shutil.copytree(built[0], shards, ignore=shutil.ignore_patterns("mixed"))
-    res = CliRunner().invoke(midas_train, ["--config", "quick", "--shards", str(shards), "--out", str(tmp_path / "r")])
+    res = CliRunner().invoke(midas_train, ["--config", "quick", "--offline-mixed", "--shards", str(shards),
+                                           "--out", str(tmp_path / "r")])
     assert res.exit_code == 1 and f"midas-prep mix-offline --shards {shards} --fold 1" in res.output, res.output
