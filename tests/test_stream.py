@@ -147,7 +147,8 @@ def test_bad_requests_are_clear_errors(built, mixed_default, tmp_path):
         create_loader(str(tmp_path), device="cpu")
     with pytest.raises(ValueError, match="stream.fold=9 is out of range"):
         create_loader(str(built[0]), fold=9, device="cpu")
-    with pytest.raises(ShardError, match="mixed/fold=2/index.json not found"):
+    with pytest.raises(ShardError, match=r"mixed/fold=2 holds no mixed shards: run `midas-prep mix-offline --shards "
+                                         r".* --fold 2` first"):
         create_loader(str(built[0]), fold=2, device="cpu", offline_mixed=True)
 
 
