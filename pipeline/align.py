@@ -243,15 +243,35 @@ def _fill(params: list[np.ndarray | None], tried: np.ndarray) -> np.ndarray:
     return out
 
 
-def smooth_transforms(params: np.ndarray, window: int) -> np.ndarray:
+def _eye_points(p: np.ndarray, frame_size: int) -> np.ndarray:
+    """The template's eyes carried back into the frame by the inverse of params p: float64 [2, 2]."""
+    a, b, tx, ty = p
+    d = (template(frame_size)[:2] - np.array([tx, ty])) / (a * a + b * b)
+    return np.stack([a * d[:, 0] + b * d[:, 1], -b * d[:, 0] + a * d[:, 1]], axis=1)
+
+
+def _eye_shift(p: np.ndarray, q: np.ndarray, frame_size: int) -> float:
+    """How far apart transforms p and q put the eyes, in inter-ocular distances of p's face."""
+    ep, eq = _eye_points(p, frame_size), _eye_points(q, frame_size)
+    return float(np.linalg.norm(ep - eq, axis=1).max() / max(np.linalg.norm(ep[1] - ep[0]), 1e-6))
+
+
+def smooth_transforms(params: np.ndarray, window: int, max_shift: float = 0.0, frame_size: int = 112) -> np.ndarray:
     """Centred moving average with a window that shrinks symmetrically at the ends, so a
-    head moving at constant speed is tracked exactly while detector noise averages out."""
+    head moving at constant speed is tracked exactly while detector noise averages out.
+
+    With `max_shift`, a frame's window also shrinks until no frame in it puts the eyes more than
+    max_shift inter-ocular distances from where this frame puts them: averaging across a scene
+    cut or a jump to another face would give crops of neither face (the frames around the cut)."""
     if window <= 1:
         return params
     t_total = len(params)
     out = np.empty_like(params)
     for t in range(t_total):
         half = min(window // 2, t, t_total - 1 - t)
+        while half and max_shift and max(_eye_shift(params[t], params[s], frame_size)
+                                         for s in range(t - half, t + half + 1)) > max_shift:
+            half -= 1
         out[t] = params[t - half : t + half + 1].mean(axis=0)
     return out
 
@@ -323,14 +343,12 @@ def _off_centre(face: Face, around: tuple[float, ...]) -> bool:
 
 
 def _detect_tracked(detector: Detector, frames: np.ndarray, which: np.ndarray, cfg: AlignConfig,
-                    faces: list[Face | None]) -> bool:
+                    faces: list[Face | None]) -> None:
     """Fill faces[t] for the frames `which` marks, in time order: each in a roi_size window
     around the last face found (again around where it was found, if it moved); the whole frame
     (at detect_max_side) when there is none yet or the window has lost it, then the window
-    around the candidate the whole frame shows. Only a face found in a window counts.
-    -> whether any whole frame showed a candidate (score >= _LOCATE_SCORE)."""
+    around the candidate the whole frame shows. Only a face found in a window counts."""
     last: Face | None = None
-    seen = False
     before = -1
     for t in np.flatnonzero(which):
         if before >= 0 and np.array_equal(frames[t], frames[before]):  # a repeated frame (a short clip)
@@ -345,12 +363,48 @@ def _detect_tracked(detector: Detector, frames: np.ndarray, which: np.ndarray, c
         if face is None:
             whole = _detect_whole(detector, frames[t : t + 1], cfg.detect_max_side, _LOCATE_SCORE)[0]
             if whole is not None:
-                seen = True
                 face = _detect_roi(detector, frames[t], whole.box, cfg.roi_size)
         faces[t] = face
         if face is not None:
             last = face
-    return seen or last is not None
+
+
+def _detect_everywhere(detector: Detector, frames: np.ndarray, cfg: AlignConfig, faces: list[Face | None],
+                       skip: np.ndarray | None = None) -> None:
+    """The last step of the cascade: every frame still without a face, whole, at the decoded size
+    (the reference a clip is judged by); with roi_size, each face found there is looked at again
+    in its window for steadier landmarks, keeping the whole-frame face if the window misses it.
+    Frames `skip` marks were searched so already."""
+    need = [t for t, f in enumerate(faces) if f is None and (skip is None or not skip[t])]
+    if not need:
+        return
+    for t, face in zip(need, _detect_whole(detector, frames[need], max(frames.shape[1:3])), strict=True):
+        if face is not None and cfg.roi_size:
+            face = _detect_roi(detector, frames[t], face.box, cfg.roi_size) or face
+        faces[t] = face
+
+
+def _detect_cuts(detector: Detector, frames: np.ndarray, cfg: AlignConfig, faces: list[Face | None],
+                 tried: np.ndarray) -> None:
+    """Untried frames between two tried frames whose eyes are more than smooth_max_shift inter-ocular
+    distances apart (a scene cut, a jump to another face) are detected too: interpolating their
+    transforms would crop halfway between two faces."""
+    known = np.flatnonzero(tried)
+    for t0, t1 in zip(known[:-1], known[1:], strict=True):
+        a, b = faces[t0], faces[t1]
+        if t1 - t0 < 2 or a is None or b is None:
+            continue
+        iod = max(float(np.linalg.norm(a.landmarks[1] - a.landmarks[0])), 1e-6)
+        if np.linalg.norm(a.landmarks[:2] - b.landmarks[:2], axis=1).max() <= cfg.smooth_max_shift * iod:
+            continue
+        for t in range(t0 + 1, t1):
+            if cfg.roi_size:
+                face = (_detect_roi(detector, frames[t], a.box, cfg.roi_size)
+                        or _detect_roi(detector, frames[t], b.box, cfg.roi_size))
+            else:
+                face = _detect_whole(detector, frames[t : t + 1], cfg.detect_max_side)[0]
+            faces[t] = face
+            tried[t] = True
 
 
 def track_face(
@@ -371,40 +425,40 @@ def track_face(
     tried[-1] = True
     faces: list[Face | None] = [None] * t_total
 
+    full = max(frames.shape[1:3])
     try:  # odd media (a 4-pixel video, say) must cost that clip alone, not the build
         if cfg.roi_size:
-            seen = _detect_tracked(detector, frames, tried, cfg, faces)
-            if all(f is None for f in faces) and not tried.all():
-                seen |= _detect_tracked(detector, frames, ~tried, cfg, faces)  # the other frames too
-                tried[:] = True
-            if all(f is None for f in faces) and seen:
-                # Candidates no window confirmed (a blurred, dark face): every frame whole at full size
-                # before giving up, as roi_size=0 would, so that tracking does not lose such clips.
-                for t, face in enumerate(_detect_whole(detector, frames, max(frames.shape[1:3]))):
-                    faces[t] = face
-                tried[:] = True
+            _detect_tracked(detector, frames, tried, cfg, faces)
         else:
             for t, face in zip(np.flatnonzero(tried), _detect_whole(detector, frames[tried], cfg.detect_max_side),
                                strict=True):
                 faces[t] = face
-            if all(f is None for f in faces) and not tried.all():
-                # Nothing in the subset: try every remaining frame before giving up on the clip.
-                rest = ~tried
-                for t, face in zip(np.flatnonzero(rest), _detect_whole(detector, frames[rest], cfg.detect_max_side),
-                                   strict=True):
-                    faces[t] = face
-                tried[:] = True
+        found = sum(f is not None for f in faces)
+        if found == 0 or found < cfg.min_face_share * tried.sum():
+            # The cheap search (tracking, or whole frames at detect_max_side) found no face or too few: every
+            # frame whole at the decoded size before judging the clip, so that cheapness costs no clip.
+            at_full = not cfg.roi_size and cfg.detect_max_side >= full  # the tried frames were searched so already
+            _detect_everywhere(detector, frames, cfg, faces, skip=tried.copy() if at_full else None)
+            tried[:] = True
+        if cfg.smooth_max_shift:
+            _detect_cuts(detector, frames, cfg, faces, tried)
     except (cv2.error, Fail, InvalidArgument, RuntimeException) as e:
         raise ClipRejected(clip_id, "align", f"the detector failed on {frames.shape[2]}x{frames.shape[1]} frames: "
                            f"{str(e).strip().splitlines()[-1][:200]}") from e
     found = [f for f in faces if f is not None]
     if not found:
-        raise ClipRejected(clip_id, "align", f"no face with score >= {cfg.min_score} in any of {t_total} frames")
+        raise ClipRejected(clip_id, "align", f"no face with score >= {cfg.min_score} in any of {t_total} frames "
+                           f"(each searched whole at {frames.shape[2]}x{frames.shape[1]})")
+    share = len(found) / tried.sum()
+    if share < cfg.min_face_share:
+        raise ClipRejected(clip_id, "align", f"a face in {len(found)} of {int(tried.sum())} frames ({share:.0%}), "
+                           f"fewer than align.min_face_share={cfg.min_face_share:g}: the face leaves the frame "
+                           "or is hidden for most of the clip")
     landmarks = [None if f is None else f.landmarks for f in faces]
     estimated = estimate_transforms(landmarks, cfg.frame_size, cfg.eye_weight)
     if all(p is None for p in estimated):
         raise ClipRejected(clip_id, "align", "no frame's landmarks give a similarity transform")
-    params = smooth_transforms(_fill(estimated, tried), cfg.smooth_window)
+    params = smooth_transforms(_fill(estimated, tried), cfg.smooth_window, cfg.smooth_max_shift, cfg.frame_size)
     stats = {
         "face_tried": int(tried.sum()),
         "face_frames": len(found),
