@@ -127,7 +127,8 @@ def _long_gop_mp4(path, n: int = 75, size: tuple[int, int] = (1280, 720), codec:
 @pytest.fixture(scope="module")
 def movie_clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("movies")
-    return {"x264": _long_gop_mp4(d / "x264.mp4", 60, (640, 360)), "mpeg4": _long_gop_mp4(d / "mpeg4.mp4", 40, (480, 270), "mpeg4"),
+    return {"x264": _long_gop_mp4(d / "x264.mp4", 60, (640, 360)),
+            "mpeg4": _long_gop_mp4(d / "mpeg4.mp4", 40, (480, 270), "mpeg4"),
             "x264_720p": _long_gop_mp4(d / "x264_720p.mp4", 30)}
 
 
