@@ -48,6 +48,8 @@ def decode_video(path: Path, clip_id: str, cfg: DecodeConfig, name: str = "") ->
     refers to (most B-frames of a long-GOP movie) is then dropped without being reconstructed.
     Reject reasons name the file as `name` (its path under the dataset root, so rejects.parquet
     does not depend on where the dataset sits) and say what a user can do with it."""
+    if cfg.decoder == "decord":
+        return _decode_video_decord(path, clip_id, cfg, name)
     import av
 
     name = name or path.name
@@ -165,6 +167,52 @@ def _rgb(frame: Any, size: tuple[int, int] | None) -> np.ndarray:
     return frame.to_ndarray(width=rw, height=rh, format="rgb24", interpolation="AREA")
 
 
+def _decode_video_decord(path: Path, clip_id: str, cfg: DecodeConfig, name: str = "") -> np.ndarray:
+    """decord (`decode.decoder=decord`, the builds made before PyAV): the bytes those builds hold.
+
+    Reject reasons name the file as `name` (its path under the dataset root, so rejects.parquet
+    does not depend on where the dataset sits) and say what a user can do with it: a file that
+    decord cannot open or read a frame of is reported as truncated or corrupt, with its size."""
+    import decord
+
+    name = name or path.name
+    broken = f"file truncated or corrupt (size {path.stat().st_size} bytes)"
+    try:
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        n = len(vr)
+        if n <= 0:
+            raise ClipRejected(clip_id, "decode", f"{name}: video has no frames")
+        h, w = vr[0].shape[:2]
+        rw, rh = _reduced_size(w, h, cfg.decode_max_side)
+        if (rw, rh) != (w, h):
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=rw, height=rh, num_threads=1)
+            n = min(n, len(vr))
+    except (decord.DECORDError, RuntimeError) as e:
+        raise ClipRejected(clip_id, "decode", f"{name}: cannot open the video: {broken}") from e
+    except (IndexError, ValueError, OSError) as e:
+        raise ClipRejected(clip_id, "decode", f"{name}: cannot open the video: {_first_line(e, path, name)}") from e
+    idx = sample_indices(n, cfg.num_frames).tolist()
+    try:
+        frames = vr.get_batch(idx).asnumpy()
+    except (decord.DECORDError, RuntimeError, IndexError, ValueError, OSError) as e:
+        bad = _first_bad_frame(vr, idx)
+        where = f"frame {bad} of {n}" if bad is not None else f"the {len(idx)} sampled frames of {n}"
+        raise ClipRejected(clip_id, "decode", f"{name}: cannot decode {where}: {broken}") from e
+    if frames.ndim != 4 or frames.shape[0] != cfg.num_frames or frames.shape[-1] != 3:
+        raise ClipRejected(clip_id, "decode", f"{name}: decoded shape {frames.shape} is not T x H x W x 3")
+    return np.ascontiguousarray(frames, dtype=np.uint8)
+
+
+def _first_bad_frame(vr: object, idx: list[int]) -> int | None:
+    """The first sampled frame index decord cannot read alone (only run once a batch has failed)."""
+    for i in dict.fromkeys(idx):
+        try:
+            vr[i].asnumpy()  # type: ignore[index]
+        except Exception:  # noqa: BLE001 - any decoder failure marks the frame
+            return i
+    return None
+
+
 def decode_frame_folder(path: Path, clip_id: str, cfg: DecodeConfig, name: str = "") -> np.ndarray:
     """Read the sampled frames of a folder of images named in frame order (1.jpg, 00001_00001.jpg);
     reasons name the folder as `name` (its path under the dataset root)."""
@@ -201,3 +249,9 @@ def decode_clip(root: Path, clip: dict, cfg: DecodeConfig) -> np.ndarray:
     if path.stat().st_size == 0:
         raise ClipRejected(clip["clip_id"], "decode", f"{name}: empty file (0 bytes)")
     return decode_video(path, clip["clip_id"], cfg, name)
+
+
+def _first_line(e: BaseException, path: Path, name: str) -> str:
+    """The first line of an error, with the absolute path replaced by the dataset-relative name."""
+    text = str(e).strip().replace(str(path), name).splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
