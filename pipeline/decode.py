@@ -158,11 +158,12 @@ def _rgb(frame: Any, size: tuple[int, int] | None) -> np.ndarray:
     rw, rh = size
     if frame.format.name == "yuv420p" and w % 2 == 0 and h % 2 == 0 and frame.color_range != 2:  # 2 = full range
         yuv = frame.to_ndarray()  # (h * 3 / 2) x w: the Y plane, then the U and V planes
-        y = cv2.resize(yuv[:h], (rw, rh), interpolation=cv2.INTER_AREA)
         uv = yuv[h:].reshape(2, h // 2, w // 2)
-        u = cv2.resize(uv[0], (rw // 2, rh // 2), interpolation=cv2.INTER_AREA)
-        v = cv2.resize(uv[1], (rw // 2, rh // 2), interpolation=cv2.INTER_AREA)
-        i420 = np.concatenate([y.ravel(), u.ravel(), v.ravel()]).reshape(rh * 3 // 2, rw)
+        i420 = np.empty((rh * 3 // 2, rw), dtype=np.uint8)  # the same layout at the reduced size
+        chroma = i420[rh:].reshape(2, rh // 2, rw // 2)
+        cv2.resize(yuv[:h], (rw, rh), dst=i420[:rh], interpolation=cv2.INTER_AREA)
+        for c in range(2):
+            cv2.resize(uv[c], (rw // 2, rh // 2), dst=chroma[c], interpolation=cv2.INTER_AREA)
         return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420)
     return frame.to_ndarray(width=rw, height=rh, format="rgb24", interpolation="AREA")
 
