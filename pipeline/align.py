@@ -385,12 +385,16 @@ def _detect_everywhere(detector: Detector, frames: np.ndarray, cfg: AlignConfig,
     in its window for steadier landmarks, keeping the whole-frame face if the window misses it.
     Frames `skip` marks were searched so already."""
     need = [t for t, f in enumerate(faces) if f is None and (skip is None or not skip[t])]
+    same = {t: t - 1 for t in need if t - 1 in need and np.array_equal(frames[t], frames[t - 1])}
+    need = [t for t in need if t not in same]  # a short clip's repeated frames are searched once
     if not need:
         return
     for t, face in zip(need, _detect_whole(detector, frames[need], max(frames.shape[1:3])), strict=True):
         if face is not None and cfg.roi_size:
             face = _detect_roi(detector, frames[t], face.box, cfg.roi_size) or face
         faces[t] = face
+    for t in sorted(same):
+        faces[t] = faces[same[t]]
 
 
 _JUMP = 4.0  # a tried face this many smooth_max_shift from the motion's prediction is a cut (see _detect_cuts)
