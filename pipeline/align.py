@@ -382,7 +382,9 @@ def _detect_everywhere(detector: Detector, frames: np.ndarray, cfg: AlignConfig,
                        skip: np.ndarray | None = None) -> None:
     """The last step of the cascade: every frame still without a face, whole, at the decoded size
     (the reference a clip is judged by); with roi_size, each face found there is looked at again
-    in its window for steadier landmarks, keeping the whole-frame face if the window misses it.
+    in its window for steadier landmarks, keeping the whole-frame face if the window misses it, and
+    the frames where the whole frame shows none are searched in a window around the nearest face
+    found (a small face is found there, upscaled; a face that has left the frame is not).
     Frames `skip` marks were searched so already."""
     need = [t for t, f in enumerate(faces) if f is None and (skip is None or not skip[t])]
     same = {t: t - 1 for t in need if t - 1 in need and np.array_equal(frames[t], frames[t - 1])}
@@ -393,6 +395,13 @@ def _detect_everywhere(detector: Detector, frames: np.ndarray, cfg: AlignConfig,
         if face is not None and cfg.roi_size:
             face = _detect_roi(detector, frames[t], face.box, cfg.roi_size) or face
         faces[t] = face
+    if cfg.roi_size:  # then tracked from the faces found: a small face the whole frame shows only now and then
+        for order in (range(len(faces)), range(len(faces) - 1, -1, -1)):  # forwards, then backwards
+            last = None
+            for t in order:
+                if faces[t] is None and last is not None and t in need:
+                    faces[t] = _detect_roi(detector, frames[t], last.box, cfg.roi_size)
+                last = faces[t] or last
     for t in sorted(same):
         faces[t] = faces[same[t]]
 
