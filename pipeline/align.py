@@ -243,15 +243,44 @@ def _fill(params: list[np.ndarray | None], tried: np.ndarray) -> np.ndarray:
     return out
 
 
-def smooth_transforms(params: np.ndarray, window: int) -> np.ndarray:
+def _eye_points(p: np.ndarray, frame_size: int) -> np.ndarray:
+    """The template's eyes carried back into the frame by the inverse of params p: float64 [2, 2]."""
+    a, b, tx, ty = p
+    d = (template(frame_size)[:2] - np.array([tx, ty])) / (a * a + b * b)
+    return np.stack([a * d[:, 0] + b * d[:, 1], -b * d[:, 0] + a * d[:, 1]], axis=1)
+
+
+def _off_line(eyes: np.ndarray, iod: float) -> float:
+    """How far eye positions [k, 2, 2] over consecutive frames stray from a straight line in time
+    (their least-squares linear fit), in inter-ocular distances: ~0 for a head moving at constant
+    speed, large across a scene cut or a jump to another face."""
+    k = len(eyes)
+    if k < 3:
+        return 0.0
+    t = np.arange(k, dtype=np.float64) - (k - 1) / 2
+    flat = eyes.reshape(k, -1)
+    fit = flat.mean(axis=0) + np.outer(t, (t @ (flat - flat.mean(axis=0))) / (t @ t))
+    return float(np.linalg.norm((flat - fit).reshape(k, 2, 2), axis=2).max() / max(iod, 1e-6))
+
+
+def smooth_transforms(params: np.ndarray, window: int, max_shift: float = 0.0, frame_size: int = 112) -> np.ndarray:
     """Centred moving average with a window that shrinks symmetrically at the ends, so a
-    head moving at constant speed is tracked exactly while detector noise averages out."""
+    head moving at constant speed is tracked exactly while detector noise averages out.
+
+    With `max_shift`, a frame's window also shrinks until the eye positions its frames' transforms
+    give stray from a straight line by at most max_shift inter-ocular distances: averaging across a
+    scene cut or a jump to another face would give crops of neither face next to the cut."""
     if window <= 1:
         return params
     t_total = len(params)
+    eyes = np.stack([_eye_points(p, frame_size) for p in params]) if max_shift else None
     out = np.empty_like(params)
     for t in range(t_total):
         half = min(window // 2, t, t_total - 1 - t)
+        if eyes is not None:
+            iod = float(np.linalg.norm(eyes[t, 1] - eyes[t, 0]))
+            while half and _off_line(eyes[t - half : t + half + 1], iod) > max_shift:
+                half -= 1
         out[t] = params[t - half : t + half + 1].mean(axis=0)
     return out
 
@@ -323,14 +352,12 @@ def _off_centre(face: Face, around: tuple[float, ...]) -> bool:
 
 
 def _detect_tracked(detector: Detector, frames: np.ndarray, which: np.ndarray, cfg: AlignConfig,
-                    faces: list[Face | None]) -> bool:
+                    faces: list[Face | None]) -> None:
     """Fill faces[t] for the frames `which` marks, in time order: each in a roi_size window
     around the last face found (again around where it was found, if it moved); the whole frame
     (at detect_max_side) when there is none yet or the window has lost it, then the window
-    around the candidate the whole frame shows. Only a face found in a window counts.
-    -> whether any whole frame showed a candidate (score >= _LOCATE_SCORE)."""
+    around the candidate the whole frame shows. Only a face found in a window counts."""
     last: Face | None = None
-    seen = False
     before = -1
     for t in np.flatnonzero(which):
         if before >= 0 and np.array_equal(frames[t], frames[before]):  # a repeated frame (a short clip)
@@ -345,12 +372,79 @@ def _detect_tracked(detector: Detector, frames: np.ndarray, which: np.ndarray, c
         if face is None:
             whole = _detect_whole(detector, frames[t : t + 1], cfg.detect_max_side, _LOCATE_SCORE)[0]
             if whole is not None:
-                seen = True
                 face = _detect_roi(detector, frames[t], whole.box, cfg.roi_size)
         faces[t] = face
         if face is not None:
             last = face
-    return seen or last is not None
+
+
+def _detect_everywhere(detector: Detector, frames: np.ndarray, cfg: AlignConfig, faces: list[Face | None],
+                       skip: np.ndarray | None = None) -> None:
+    """The last step of the cascade: every frame still without a face, whole, at the decoded size
+    (the reference a clip is judged by); with roi_size, each face found there is looked at again
+    in its window for steadier landmarks, keeping the whole-frame face if the window misses it, and
+    the frames where the whole frame shows none are searched in a window around the nearest face
+    found (a small face is found there, upscaled; a face that has left the frame is not).
+    Frames `skip` marks were searched so already."""
+    need = [t for t, f in enumerate(faces) if f is None and (skip is None or not skip[t])]
+    same = {t: t - 1 for t in need if t - 1 in need and np.array_equal(frames[t], frames[t - 1])}
+    need = [t for t in need if t not in same]  # a short clip's repeated frames are searched once
+    if not need:
+        return
+    for t, face in zip(need, _detect_whole(detector, frames[need], max(frames.shape[1:3])), strict=True):
+        if face is not None and cfg.roi_size:
+            face = _detect_roi(detector, frames[t], face.box, cfg.roi_size) or face
+        faces[t] = face
+    if cfg.roi_size:  # then tracked from the faces found: a small face the whole frame shows only now and then
+        for order in (range(len(faces)), range(len(faces) - 1, -1, -1)):  # forwards, then backwards
+            last = None
+            for t in order:
+                if faces[t] is None and last is not None and t in need:
+                    faces[t] = _detect_roi(detector, frames[t], last.box, cfg.roi_size)
+                last = faces[t] or last
+    for t in sorted(same):
+        faces[t] = faces[same[t]]
+
+
+_JUMP = 4.0  # a tried face this many smooth_max_shift from the motion's prediction is a cut (see _detect_cuts)
+
+
+def _detect_cuts(detector: Detector, frames: np.ndarray, cfg: AlignConfig, faces: list[Face | None],
+                 tried: np.ndarray) -> None:
+    """Untried frames between two tried frames whose faces jump (a scene cut, a jump to another face)
+    are detected too: interpolating their transforms would crop halfway between two faces. A jump is
+    a face more than _JUMP x smooth_max_shift inter-ocular distances (1 at the default) from where the
+    motion of the faces before (or after) it puts it: a head moving at constant speed is no jump however
+    fast it moves, and landmark noise on a turning head stays under 0.55 (bench/bench_build.py orig set)."""
+    known = [t for t in np.flatnonzero(tried) if faces[t] is not None]
+    eyes = {t: faces[t].landmarks[:2].astype(np.float64) for t in known}  # type: ignore[union-attr]
+    for i in range(len(known) - 1):
+        t0, t1 = known[i], known[i + 1]
+        if t1 - t0 < 2 or tried[t0 + 1 : t1].all():
+            continue
+        iod = max(float(np.linalg.norm(eyes[t0][1] - eyes[t0][0])), 1e-6)
+        misses = []
+        if i > 0:  # the motion from the face before t0, carried on to t1
+            tp = known[i - 1]
+            misses.append(eyes[t1] - (eyes[t0] + (eyes[t0] - eyes[tp]) * (t1 - t0) / (t0 - tp)))
+        if i + 2 < len(known):  # the motion from the face after t1, carried back to t0
+            tn = known[i + 2]
+            misses.append(eyes[t0] - (eyes[t1] + (eyes[t1] - eyes[tn]) * (t0 - t1) / (tn - t1)))
+        if not misses:
+            misses.append(eyes[t1] - eyes[t0])
+        if min(float(np.linalg.norm(m, axis=1).max()) for m in misses) <= _JUMP * cfg.smooth_max_shift * iod:
+            continue
+        a, b = faces[t0], faces[t1]
+        for t in range(t0 + 1, t1):
+            if tried[t]:
+                continue
+            if cfg.roi_size:
+                face = (_detect_roi(detector, frames[t], a.box, cfg.roi_size)  # type: ignore[union-attr]
+                        or _detect_roi(detector, frames[t], b.box, cfg.roi_size))  # type: ignore[union-attr]
+            else:
+                face = _detect_whole(detector, frames[t : t + 1], cfg.detect_max_side)[0]
+            faces[t] = face
+            tried[t] = True
 
 
 def track_face(
@@ -371,40 +465,40 @@ def track_face(
     tried[-1] = True
     faces: list[Face | None] = [None] * t_total
 
+    full = max(frames.shape[1:3])
     try:  # odd media (a 4-pixel video, say) must cost that clip alone, not the build
         if cfg.roi_size:
-            seen = _detect_tracked(detector, frames, tried, cfg, faces)
-            if all(f is None for f in faces) and not tried.all():
-                seen |= _detect_tracked(detector, frames, ~tried, cfg, faces)  # the other frames too
-                tried[:] = True
-            if all(f is None for f in faces) and seen:
-                # Candidates no window confirmed (a blurred, dark face): every frame whole at full size
-                # before giving up, as roi_size=0 would, so that tracking does not lose such clips.
-                for t, face in enumerate(_detect_whole(detector, frames, max(frames.shape[1:3]))):
-                    faces[t] = face
-                tried[:] = True
+            _detect_tracked(detector, frames, tried, cfg, faces)
         else:
             for t, face in zip(np.flatnonzero(tried), _detect_whole(detector, frames[tried], cfg.detect_max_side),
                                strict=True):
                 faces[t] = face
-            if all(f is None for f in faces) and not tried.all():
-                # Nothing in the subset: try every remaining frame before giving up on the clip.
-                rest = ~tried
-                for t, face in zip(np.flatnonzero(rest), _detect_whole(detector, frames[rest], cfg.detect_max_side),
-                                   strict=True):
-                    faces[t] = face
-                tried[:] = True
+        found = sum(f is not None for f in faces)
+        if found == 0 or found < cfg.min_face_share * tried.sum():
+            # The cheap search (tracking, or whole frames at detect_max_side) found no face or too few: every
+            # frame whole at the decoded size before judging the clip, so that cheapness costs no clip.
+            at_full = not cfg.roi_size and cfg.detect_max_side >= full  # the tried frames were searched so already
+            _detect_everywhere(detector, frames, cfg, faces, skip=tried.copy() if at_full else None)
+            tried[:] = True
+        if cfg.smooth_max_shift:
+            _detect_cuts(detector, frames, cfg, faces, tried)
     except (cv2.error, Fail, InvalidArgument, RuntimeException) as e:
         raise ClipRejected(clip_id, "align", f"the detector failed on {frames.shape[2]}x{frames.shape[1]} frames: "
                            f"{str(e).strip().splitlines()[-1][:200]}") from e
     found = [f for f in faces if f is not None]
     if not found:
-        raise ClipRejected(clip_id, "align", f"no face with score >= {cfg.min_score} in any of {t_total} frames")
+        raise ClipRejected(clip_id, "align", f"no face with score >= {cfg.min_score} in any of {t_total} frames "
+                           f"(each searched whole at {frames.shape[2]}x{frames.shape[1]})")
+    share = len(found) / tried.sum()
+    if share < cfg.min_face_share:
+        raise ClipRejected(clip_id, "align", f"a face in {len(found)} of {int(tried.sum())} frames ({share:.0%}), "
+                           f"fewer than align.min_face_share={cfg.min_face_share:g}: the face leaves the frame "
+                           "or is hidden for most of the clip")
     landmarks = [None if f is None else f.landmarks for f in faces]
     estimated = estimate_transforms(landmarks, cfg.frame_size, cfg.eye_weight)
     if all(p is None for p in estimated):
         raise ClipRejected(clip_id, "align", "no frame's landmarks give a similarity transform")
-    params = smooth_transforms(_fill(estimated, tried), cfg.smooth_window)
+    params = smooth_transforms(_fill(estimated, tried), cfg.smooth_window, cfg.smooth_max_shift, cfg.frame_size)
     stats = {
         "face_tried": int(tried.sum()),
         "face_frames": len(found),

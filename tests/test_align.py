@@ -216,3 +216,97 @@ def test_a_window_that_leaves_the_frame_still_finds_the_face(sample):
     found = _detect_roi(det, edge, (x - shift, y, w, h), 192)
     assert ref is not None and found is not None
     assert np.abs(found.landmarks - ref.landmarks)[2:].max() < 0.08 * w  # nose and mouth: inside the frame
+
+
+# ------------------------------------------------------------------- movie-clip cases (issue 22)
+
+_ASTRO_BOX = (177, 56, 95, 120)  # x, y, w, h of the face in skimage.data.astronaut()
+
+
+def _pasted_face(face_h: int, size: tuple[int, int] = (640, 360), n: int = 16, present=None,
+                 where=None) -> tuple[np.ndarray, np.ndarray]:
+    """n frames of a textured background with the astronaut's head pasted so that its face box is
+    face_h px tall, centred at where[t] (x, y shares of the frame; default the centre); frames where
+    present[t] is false have no face. -> (uint8 n x H x W x 3, true eye centres float [n, 2, 2])."""
+    import cv2
+    import skimage.data
+
+    from pipeline.tools.make_sample import ASTRONAUT_LANDMARKS
+
+    img = skimage.data.astronaut()
+    bx, by, bw, bh = _ASTRO_BOX
+    half = int(bh * 1.2)
+    x0, y0 = int(bx + bw / 2 - half), max(0, int(by + bh / 2 - half))
+    s = face_h / bh
+    crop = img[y0 : y0 + 2 * half, x0 : x0 + 2 * half]
+    crop = cv2.resize(crop, (round(crop.shape[1] * s), round(crop.shape[0] * s)), interpolation=cv2.INTER_AREA)
+    w, h = size
+    rng = np.random.default_rng(0)
+    bg = cv2.resize(rng.integers(60, 200, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8), (w, h))
+    frames = np.repeat(bg[None], n, axis=0)
+    eyes = np.zeros((n, 2, 2))
+    ch, cw = crop.shape[:2]
+    for t in range(n):
+        cx, cy = where[t] if where is not None else (0.5, 0.45)
+        px, py = int(cx * w - cw / 2), int(cy * h - ch / 2)
+        if present is None or present[t]:
+            frames[t, py : py + ch, px : px + cw] = crop
+        eyes[t] = (np.array(ASTRONAUT_LANDMARKS[:2], dtype=float) - [x0, y0]) * s + [px, py]
+    return frames, eyes
+
+
+def _kept_frames(frames: np.ndarray, cfg: AlignConfig) -> int | None:
+    try:
+        return track_face(frames, get_detector(cfg), cfg, "x")[1]["face_frames"]
+    except ClipRejected:
+        return None
+
+
+@pytest.mark.parametrize("face_h", [30, 48])
+def test_a_face_the_whole_frame_detector_finds_at_the_decoded_size_is_kept(face_h):
+    """The defaults' cheap search (tracking from a whole-frame search at 320 px) misses a face ~30 px
+    tall in a 640 px frame; the cascade then searches every frame whole at the decoded size, so no
+    clip is lost that the whole-frame reference keeps, and the crops come from the faces it found."""
+    frames, _ = _pasted_face(face_h)
+    reference = _kept_frames(frames, AlignConfig(roi_size=0, detect_max_side=640))
+    assert reference  # the reference keeps it: a clip the defaults must keep too
+    assert _kept_frames(frames, AlignConfig()) >= reference
+
+
+def test_a_clip_whose_face_leaves_the_frame_is_rejected_by_share():
+    """A face in the first quarter of the clip only: rejected with its share and the setting that keeps
+    it; with align.min_face_share=0 kept (face_frames says how few); three quarters with a face: kept."""
+    t = np.arange(16)
+    frames, _ = _pasted_face(80, present=t < 4)
+    with pytest.raises(ClipRejected, match=r"a face in \d+ of 16 frames \(\d+%\), fewer than align.min_face_share"):
+        track_face(frames, get_detector(AlignConfig()), AlignConfig(), "x")
+    assert _kept_frames(frames, AlignConfig(min_face_share=0.0)) == 2
+    frames, _ = _pasted_face(80, present=t < 12)
+    assert _kept_frames(frames, AlignConfig()) >= 6
+
+
+def test_no_crop_spans_a_scene_cut():
+    """A cut between frames 7 and 8 (the face jumps across the frame and grows): every frame's crop
+    puts that frame's own eyes on the template. Interpolating the untried frame 7 and averaging
+    across the cut (smooth_max_shift=0) puts the eyes of the frames next to the cut far off."""
+    where = [(0.3, 0.45)] * 8 + [(0.7, 0.5)] * 8
+    frames, eyes = _pasted_face(72, where=where)
+    frames[8:], eyes8 = _pasted_face(96, where=where)[0][8:], _pasted_face(96, where=where)[1][8:]
+    eyes[8:] = eyes8
+    target = template(112)[:2]
+
+    def worst(cfg: AlignConfig) -> float:
+        m, _ = track_face(frames, get_detector(cfg), cfg, "x")
+        return max(np.abs(e @ mt[:, :2].T + mt[:, 2] - target).max() for e, mt in zip(eyes, m, strict=True))
+
+    assert worst(AlignConfig()) < 0.05 * 112
+    assert worst(AlignConfig(smooth_max_shift=0.0)) > 0.15 * 112
+
+
+def test_smoothing_stops_at_a_jump():
+    """smooth_transforms with max_shift: frames on either side of a jump keep their own transforms,
+    and a still stretch is averaged as before."""
+    p = np.array([[1.0, 0.0, 0.0, 0.0]] * 5 + [[1.0, 0.0, 60.0, 0.0]] * 5)
+    out = smooth_transforms(p, 5, max_shift=0.25, frame_size=112)
+    np.testing.assert_allclose(out, p)
+    assert not np.allclose(smooth_transforms(p, 5), p)

@@ -230,8 +230,9 @@ def test_runs_of_clips_per_task_write_the_same_bytes(built, sample, ray_session,
 
 
 def test_a_build_from_before_tracking_resumes_with_the_old_settings(built, sample, tmp_path):
-    """A plan.json written before align.roi_size existed reads as roi_size=0: the new default is
-    refused with the difference named, the old settings resume it (dry run: no Ray)."""
+    """A plan.json written before align.roi_size (and the PyAV decoder, min_face_share, smooth_max_shift)
+    existed reads with the values of that time: the new defaults are refused with the differences named,
+    the old settings resume it (dry run: no Ray)."""
     import shutil
 
     from pipeline.build import plan_build
@@ -239,11 +240,17 @@ def test_a_build_from_before_tracking_resumes_with_the_old_settings(built, sampl
     out = tmp_path / "old"
     shutil.copytree(built[0], out)
     plan = json.loads((out / "_state/plan.json").read_text())
-    del plan["config"]["align"]["roi_size"]
+    from pipeline.config import BUILD_FIELDS_ADDED
+
+    for dotted in BUILD_FIELDS_ADDED:
+        section, name = dotted.split(".")
+        del plan["config"][section][name]
     plan["config"]["align"]["detect_max_side"] = 640
     (out / "_state/plan.json").write_text(json.dumps(plan))
     base = {"ray.workers": 2, "write.shard_size_mb": 2.0}
-    with pytest.raises(BuildError, match=r"align\.detect_max_side: 640 on disk, 320 now; align\.roi_size: 0 on disk"):
+    with pytest.raises(BuildError, match=r"align\.detect_max_side: 640 on disk, 320 now; align\.min_face_share") as e:
         plan_build(build_config(sample.root, out, **base))
-    old = build_config(sample.root, out, **base, **{"align.roi_size": 0, "align.detect_max_side": 640})
+    assert "align.roi_size: 0 on disk, 192 now" in str(e.value)
+    assert "decode.decoder: 'decord' on disk, 'pyav' now" in str(e.value)
+    old = build_config(sample.root, out, **base, **BUILD_FIELDS_ADDED, **{"align.detect_max_side": 640})
     assert plan_build(old)["shards_done"] == len(plan["shards"])
