@@ -119,8 +119,9 @@ class AlignConfig:
     min_score: float = 0.8  # detections below this confidence count as "no face"
     eye_weight: int = 5  # each eye counts this often in the 5-point fit (1 = plain fit): eyes stay on the template
     smooth_window: int = 5  # centred moving average over per-frame transforms (frames; 1 = off)
-    # the average never spans frames whose transforms put the eyes more than this many inter-ocular distances
-    # apart (a scene cut, a whip pan, another face): those frames keep their own transform (0 = no limit)
+    # the moving average never spans frames whose eye positions stray more than this many inter-ocular
+    # distances from a straight line in time (a scene cut, a jump to another face); untried frames between two
+    # faces that jump by 4x this are detected, not interpolated (0 = off: the behaviour before)
     smooth_max_shift: float = 0.25
     # a clip is rejected when fewer than this share of its sampled frames show a face, after every frame was
     # searched whole at the decoded size (the face leaves the frame or is hidden for most of the clip; 0 = keep)
