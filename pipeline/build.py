@@ -510,6 +510,21 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
     return summary
 
 
+def _worker_died_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    """Ray's errors for a task whose worker process died (a crash, a kill, the OOM killer)."""
+    names = ("WorkerCrashedError", "OutOfMemoryError", "NodeDiedError")
+    return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
+
+
+def _died_row(root: str, clip: dict[str, Any], e: BaseException) -> dict[str, Any]:
+    """The reject of a clip whose worker process died twice while processing it (alone in its task)."""
+    what = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    return {"clip_id": clip["clip_id"], "status": "rejected", "stage": "decode",
+            "error": f"{clip['source']}: the worker process died while decoding/aligning this clip "
+                     f"({type(e).__name__}: {what}); a decoder crash on this file: check or re-encode it",
+            **source_fingerprint(root, clip)}
+
+
 def _clips_per_task(total: int, workers: int) -> int:
     """Clips per Ray task: one for a small job (every worker busy to the end), up to 8 for a large
     one (Ray's per-task cost shared, ~16 tasks per worker still balance the load)."""
@@ -522,7 +537,9 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
     import ray
 
     workers, started = init_ray(cfg.ray.address, cfg.ray.workers)
-    process = ray.remote(num_returns=2, max_retries=3)(process_clips)
+    # One retry: a task whose worker dies twice holds a clip that kills its worker (a decoder crash);
+    # its clips are re-run one per task, and the one that kills again is rejected alone.
+    process = ray.remote(num_returns=2, max_retries=1)(process_clips)
     writer = ray.remote(max_retries=3)(write_shard)
     root = str(source_root(cfg.dataset_root))  # a manifest's paths are relative to its folder
     out_s = str(out.resolve())
@@ -536,6 +553,7 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
     got: dict[str, list[tuple[int, list[dict], Any]]] = {s["name"]: [] for s in todo}  # shard -> its runs
     writes: dict[Any, str] = {}
     parquet = {"classes": tuple(cfg.index.classes), "frames_compression": cfg.write.frames_compression}
+    died = _worker_died_errors(ray)
     done = 0
     try:
         while queue or pending or writes:
@@ -553,7 +571,18 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
                     fault_point("build.shard_done")
                     continue
                 name, ids, crops_ref = pending.pop(ref)
-                rows = ray.get(ref)
+                try:
+                    rows = ray.get(ref)
+                except died as e:
+                    with contextlib.suppress(*died):  # fetched once: Ray prints no "unhandled error" for it
+                        ray.get(crops_ref)
+                    if len(ids) > 1:  # which clip killed the worker: each one alone
+                        logger.info("a worker died on a run of %d clips (%s ...): re-running them one per task",
+                                    len(ids), ids[0])
+                        queue += [(name, [c]) for c in reversed(ids)]
+                        continue
+                    rows = [_died_row(root, clips_by_id[ids[0]], e)]
+                    crops_ref = ray.put([None])
                 for _ in ids:
                     fault_point("build.clip_done")
                     done += 1

@@ -221,7 +221,10 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
 _SHORT_REASONS = (("no face", "no face"), ("truncated or corrupt", "truncated or corrupt file"),
                   ("file not found", "file not found"), ("empty file", "empty file"),
                   ("detector failed", "detector failed"), ("has no file", "no file"),
-                  ("no video file", "no file"), ("unreadable image", "unreadable image"))
+                  ("no video file", "no file"), ("unreadable image", "unreadable image"),
+                  ("worker process died", "worker crashed"), ("too small to hold a face", "too small"),
+                  ("0-frame video", "empty video"), ("audio-only", "audio only"), ("duplicate clip id", "duplicate id"),
+                  ("has 2 files", "two files"))
 
 
 def _reject_notes(out: Path) -> dict[str, str]:
