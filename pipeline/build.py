@@ -36,7 +36,7 @@ from pipeline.datasets.records import (
     source_fingerprint,
     source_root,
 )
-from pipeline.decode import check_frame_size, decode_clip
+from pipeline.decode import check_frame_size, check_video_size, decode_clip
 from pipeline.errors import ClipRejected
 from pipeline.faults import fault_point
 from pipeline.format import (
@@ -115,6 +115,7 @@ def process_clip(root: str, clip: dict[str, Any], dcfg: DecodeConfig, acfg: Alig
 
 def _process_clip(root: str, clip: dict[str, Any], dcfg: DecodeConfig, acfg: AlignConfig) -> tuple[dict, Any]:
     try:
+        check_video_size(Path(root), clip)
         frames = decode_clip(Path(root), clip, dcfg)
         check_frame_size(frames, clip["clip_id"], clip["source"], clip["source_kind"])
         fault_point("build.decoded", clip["clip_id"])
@@ -537,9 +538,12 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
     import ray
 
     workers, started = init_ray(cfg.ray.address, cfg.ray.workers)
-    # One retry: a task whose worker dies twice holds a clip that kills its worker (a decoder crash);
-    # its clips are re-run one per task, and the one that kills again is rejected alone.
-    process = ray.remote(num_returns=2, max_retries=1)(process_clips)
+    # Crash isolation: Ray does not retry a clip task (max_retries=0); the driver does. A task whose
+    # worker process dies re-runs each of its clips alone, and a clip whose worker dies twice (in its
+    # run, then alone; or alone twice) is rejected with that reason, the build going on: one decoder
+    # crash costs one clip, not the clips of its run, nor the build.
+    process = ray.remote(num_returns=2, max_retries=0)(process_clips)
+    tries: Counter[str] = Counter()
     writer = ray.remote(max_retries=3)(write_shard)
     root = str(source_root(cfg.dataset_root))  # a manifest's paths are relative to its folder
     out_s = str(out.resolve())
@@ -576,8 +580,9 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
                 except died as e:
                     with contextlib.suppress(*died):  # fetched once: Ray prints no "unhandled error" for it
                         ray.get(crops_ref)
-                    if len(ids) > 1:  # which clip killed the worker: each one alone
-                        logger.info("a worker died on a run of %d clips (%s ...): re-running them one per task",
+                    tries.update(ids)
+                    if len(ids) > 1 or tries[ids[0]] < 2:  # which clip killed the worker: each one alone
+                        logger.info("a worker died on %d clip(s) (%s ...): re-running them one per task",
                                     len(ids), ids[0])
                         queue += [(name, [c]) for c in reversed(ids)]
                         continue

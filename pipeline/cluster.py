@@ -81,7 +81,14 @@ for p in procs:
         p.kill()
     except psutil.Error:
         pass
-psutil.wait_procs(procs, timeout=5)
+end = time.monotonic() + 5
+def alive(p):
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+while any(alive(p) for p in procs) and time.monotonic() < end:
+    time.sleep(0.05)
 s = Path(session)
 if session and s.name.startswith("session_") and s.is_dir() and not s.is_symlink():
     latest = s.parent / "session_latest"

@@ -18,7 +18,7 @@ from pipeline.datasets.records import natural_key
 from pipeline.errors import ClipRejected
 
 __all__ = ["sample_indices", "decode_clip", "decode_video", "decode_frame_folder", "read_image", "what_video_is",
-           "check_frame_size", "MIN_SIDE"]
+           "check_frame_size", "check_video_size", "MIN_SIDE"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +98,10 @@ def what_video_is(path: Path) -> str:
             streams = list(c.streams.video)
             if not streams:
                 kinds = sorted({s.type for s in c.streams})
+                if not kinds:  # a container with no stream, or a video track of 0 samples (which FFmpeg drops)
+                    return "an empty container (a 0-frame video)"
                 return ("no video stream: an audio-only file" if "audio" in kinds
-                        else f"no video stream (streams: {', '.join(kinds) or 'none'})")
+                        else f"no video stream (streams: {', '.join(kinds)})")
             try:
                 got = next(c.decode(streams[0]), None)
             except av.FFmpegError:
@@ -112,6 +114,25 @@ def what_video_is(path: Path) -> str:
 
 
 MIN_SIDE = 24  # pixels: a face detector (and a 112-pixel crop) needs more than this to find a face
+
+
+def check_video_size(root: Path, clip: dict) -> None:
+    """Reject a video too small to hold a face before decoding it (decord fails on some, and the
+    reason would read "truncated or corrupt"): its size from the container header (PyAV)."""
+    if clip["source_kind"] != "video":
+        return
+    try:
+        import av
+
+        with av.open(str(Path(root) / clip["source"])) as c:
+            if not c.streams.video:
+                return
+            cc = c.streams.video[0].codec_context
+            w, h = cc.width, cc.height
+    except Exception:  # noqa: BLE001 - not openable: decode_video says what the file is
+        return
+    if w and h:
+        check_frame_size(np.empty((1, h, w, 3), np.uint8), clip["clip_id"], clip["source"], "video")
 
 
 def check_frame_size(frames: np.ndarray, clip_id: str, name: str, kind: str) -> None:

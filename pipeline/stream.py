@@ -504,8 +504,11 @@ class MidasLoader:
         try:
             for batch in self._it:
                 yield self._unpad(batch[0])  # one pipeline per rank
-        except (RuntimeError, StopIteration) as e:
-            raise _one_line(e, self.cfg.shards) from None
+        except Exception as e:  # noqa: BLE001 - DALI re-raises a reader's error as a bare Exception
+            one = _one_line(e, self.cfg.shards)
+            if one is e:
+                raise
+            raise one from None
         self._it.reset()  # only after a whole epoch: a loop left early resumes where it stopped
 
     def check_not_empty(self) -> None:
