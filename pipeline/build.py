@@ -511,6 +511,9 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
     return summary
 
 
+_DEATHS = 3  # worker deaths a clip is given (its run's included) before it is rejected
+
+
 def _worker_died_errors(ray: Any) -> tuple[type[BaseException], ...]:
     """Ray's errors for a task whose worker process died (a crash, a kill, the OOM killer)."""
     names = ("WorkerCrashedError", "OutOfMemoryError", "NodeDiedError")
@@ -539,11 +542,13 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
 
     workers, started = init_ray(cfg.ray.address, cfg.ray.workers)
     # Crash isolation: Ray does not retry a clip task (max_retries=0); the driver does. A task whose
-    # worker process dies re-runs each of its clips alone, and a clip whose worker dies twice (in its
-    # run, then alone; or alone twice) is rejected with that reason, the build going on: one decoder
-    # crash costs one clip, not the clips of its run, nor the build.
+    # worker process dies re-runs each of its clips alone, and a clip whose worker dies _DEATHS times
+    # (in its run, then alone, twice: a task queued behind a crashing one on the same worker dies with
+    # it without having run) is rejected with that reason, the build going on: one decoder crash
+    # costs one clip, not the clips of its run, nor the build.
     process = ray.remote(num_returns=2, max_retries=0)(process_clips)
     tries: Counter[str] = Counter()
+    suspects: list[tuple[str, list[str]]] = []  # (shard, [clip]) to re-run alone, popped from the end
     writer = ray.remote(max_retries=3)(write_shard)
     root = str(source_root(cfg.dataset_root))  # a manifest's paths are relative to its folder
     out_s = str(out.resolve())
@@ -560,9 +565,15 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
     died = _worker_died_errors(ray)
     done = 0
     try:
-        while queue or pending or writes:
-            while queue and len(pending) < 2 * workers:  # one queued behind each running: no idle gap
-                name, ids = queue.pop()
+        while queue or suspects or pending or writes:
+            while len(pending) < 2 * workers:  # one queued behind each running: no idle gap
+                # a clip whose worker died runs alone and one at a time: never queued behind another suspect
+                if suspects and not any(len(v[1]) == 1 and tries[v[1][0]] for v in pending.values()):
+                    name, ids = suspects.pop()
+                elif queue:
+                    name, ids = queue.pop()
+                else:
+                    break
                 rows_ref, crops_ref = process.remote(root, [clips_by_id[c] for c in ids], cfg.decode, cfg.align)
                 pending[rows_ref] = (name, ids, crops_ref)
             ready, _ = ray.wait(list(pending) + list(writes), num_returns=1)
@@ -581,10 +592,10 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
                     with contextlib.suppress(*died):  # fetched once: Ray prints no "unhandled error" for it
                         ray.get(crops_ref)
                     tries.update(ids)
-                    if len(ids) > 1 or tries[ids[0]] < 2:  # which clip killed the worker: each one alone
+                    if len(ids) > 1 or tries[ids[0]] < _DEATHS:  # which clip killed the worker: each one alone
                         logger.info("a worker died on %d clip(s) (%s ...): re-running them one per task",
                                     len(ids), ids[0])
-                        queue += [(name, [c]) for c in reversed(ids)]
+                        suspects += [(name, [c]) for c in reversed(ids)]
                         continue
                     rows = [_died_row(root, clips_by_id[ids[0]], e)]
                     crops_ref = ray.put([None])
