@@ -29,8 +29,14 @@ from pipeline import __version__
 from pipeline.align import align_frames, get_detector
 from pipeline.cluster import init_ray, shutdown_ray
 from pipeline.config import AlignConfig, BuildConfig, DecodeConfig, config_to_dict, with_added_fields
-from pipeline.datasets.records import sample_key
-from pipeline.decode import decode_clip
+from pipeline.datasets.records import (
+    FINGERPRINT_FIELDS,
+    changed_since,
+    sample_key,
+    source_fingerprint,
+    source_root,
+)
+from pipeline.decode import check_frame_size, check_video_size, decode_clip
 from pipeline.errors import ClipRejected
 from pipeline.faults import fault_point
 from pipeline.format import (
@@ -51,12 +57,15 @@ from pipeline.write import (
     check_room,
     encode_sample,
     estimate_bytes,
+    foreign_at_our_names,
+    left_files,
     load_done,
     owned_bytes,
     owned_files,
     plan_shards,
     remove_outputs,
     remove_temporaries,
+    say_left,
     write_clips_table,
     write_index,
     write_rejects_table,
@@ -84,6 +93,9 @@ class BuildSummary:
     files: int = 0
     bytes: int = 0
     processed: int = 0  # clips decoded and aligned in this run
+    changed: list[str] = field(default_factory=list)  # clips changed since their shard was built: rebuilt
+    not_checked: int = 0  # clips of shards built before fingerprints were recorded
+    left: list[str] = field(default_factory=list)  # files --overwrite left: not provably written by midas-prep
     seconds: float = 0.0
 
     @property
@@ -92,10 +104,21 @@ class BuildSummary:
 
 
 def process_clip(root: str, clip: dict[str, Any], dcfg: DecodeConfig, acfg: AlignConfig) -> tuple[dict, Any]:
-    """Decode + align one clip -> (result row, uint8 T x S x S x 3 crops or None if rejected)."""
+    """Decode + align one clip -> (result row, uint8 T x S x S x 3 crops or None if rejected).
+
+    The row carries the clip's fingerprint (records.source_fingerprint), taken before decoding:
+    what the shard was built from, so a re-run and verify see a changed clip."""
+    fp = source_fingerprint(root, clip)
+    row, crops = _process_clip(root, clip, dcfg, acfg)
+    return row | fp, crops
+
+
+def _process_clip(root: str, clip: dict[str, Any], dcfg: DecodeConfig, acfg: AlignConfig) -> tuple[dict, Any]:
     try:
+        check_video_size(Path(root), clip)
         frames = decode_clip(Path(root), clip, dcfg)
-        fault_point("build.decoded")
+        check_frame_size(frames, clip["clip_id"], clip["source"], clip["source_kind"])
+        fault_point("build.decoded", clip["clip_id"])
         crops, stats = align_frames(frames, get_detector(acfg), acfg, clip["clip_id"])
     except ClipRejected as e:
         return {"clip_id": clip["clip_id"], "status": "rejected", "stage": e.stage, "error": e.reason}, None
@@ -146,7 +169,9 @@ def publish_shard(out: Path, remote: str, state: dict[str, Any]) -> None:
         (out / rel).unlink(missing_ok=True)
 
 
-def _prepare_out(out: Path, cfg: BuildConfig) -> None:
+def _prepare_out(out: Path, cfg: BuildConfig) -> list[str]:
+    """Make `out` writable and, with --overwrite, delete what the previous build there can be proven
+    to have written (write.owned_files: its own _state/ records); -> the files --overwrite left."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test.tmp"
@@ -154,20 +179,34 @@ def _prepare_out(out: Path, cfg: BuildConfig) -> None:
         probe.open("xb").close()
         probe.unlink()
     except OSError as e:
-        raise BuildError(f"output directory {out} is not writable: {e}") from e
+        raise BuildError(f"output directory {out} is not writable: {_why_not_writable(e)}") from e
+    left: list[str] = []
     if cfg.write.overwrite:
         removed = remove_outputs(out)
         mixed = out / "mixed"
-        if mixed.is_dir():  # made from the old shards: it goes too, once no mix-offline writes there
+        if mixed.is_dir() and not mixed.is_symlink():  # made from the old shards: it goes too
             with hold_output(mixed):
                 for fold in sorted(p for p in mixed.iterdir() if p.is_dir() and is_inside(out, f"mixed/{p.name}")):
                     removed += remove_outputs(fold)
             if not any(mixed.iterdir()):
                 mixed.rmdir()
+        left = left_files(out)
         logger.info("--overwrite: removed %d files of the previous build", removed)
+        if left:
+            logger.warning("%s", say_left(f"--overwrite of {out}", left))
     removed = remove_temporaries(out)
     if removed:
         logger.info("removed %d temporary files left by an interrupted run", removed)
+    return left
+
+
+def _why_not_writable(e: OSError) -> str:
+    """A read-only folder or file system says so, not "free space" (EROFS, EACCES, EPERM)."""
+    import errno
+
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"it is read-only ({e.strerror}): make it writable or choose another --out"
+    return str(e)
 
 
 def _no_clips(cfg: BuildConfig, rejects: list[dict[str, Any]]) -> BuildError:
@@ -204,7 +243,8 @@ def remove_remote_outputs(uri: str) -> int:
             meta = [k[len(root):] for k in sizes if k.startswith(root)
                     and (k[len(root):] == INDEX_NAME or k[len(root):].startswith(f"{STATE_DIR}/"))]
             pull(f"{uri.rstrip('/')}/{root}" if root else uri, Path(tmp) / root, meta)
-            keys |= {root + f for f in owned_files(Path(tmp) / root)}
+            mine = {k[len(root):]: n for k, n in sizes.items() if k.startswith(root)}
+            keys |= {root + f for f in owned_files(Path(tmp) / root, mine)}
     return delete_keys(uri, sorted(keys & set(sizes)))
 
 
@@ -218,15 +258,17 @@ def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]], write: 
     """The plan on disk must match this run's, or resuming would mix two builds (the dry run checks, no write)."""
     path = out / STATE_DIR / "plan.json"
     doc = {"config": _plan_config(cfg), "shards": plan, "format_version": FORMAT_VERSION}
-    if path.is_symlink():  # never read through (a link out of the output); --overwrite removes the link only
-        raise BuildError(f"{path} is a symlink, not a plan midas-prep wrote; pass --overwrite to rebuild {out}")
+    fix = (f"--overwrite does not delete a file it cannot prove it wrote: move {path} away or choose another --out"
+           if cfg.write.overwrite else f"pass --overwrite to rebuild {out}")
+    if path.is_symlink():  # never read through (a link out of the output)
+        raise BuildError(f"{path} is a symlink, not a plan midas-prep wrote; {fix}")
     if path.is_file():
         try:
             old = json.loads(path.read_text())
             if not isinstance(old, dict) or not {"config", "shards"} <= set(old):
                 raise ValueError("not a build plan")
         except ValueError as e:
-            raise BuildError(f"{path} is unreadable ({e}); pass --overwrite to rebuild {out}") from None
+            raise BuildError(f"{path} is unreadable ({e}); {fix}") from None
         if old.get("format_version", 1) != FORMAT_VERSION:
             raise BuildError(f"{out} holds a build of format version {old.get('format_version', 1)}; this "
                              f"midas-prep writes version {FORMAT_VERSION} (the shard layout changed): "
@@ -263,6 +305,33 @@ def _load_done(out: Path, plan: list[dict[str, Any]], sizes: dict[str, int] | No
     (on the local disk, or in `sizes`, the listing of a remote output); an incomplete one is logged at `level`."""
     states = {shard["name"]: load_done(out, shard["name"], sizes, level) for shard in plan}
     return {name: state for name, state in states.items() if state is not None}
+
+
+def _drop_changed(cfg: BuildConfig, states: dict[str, dict], clips: dict[str, dict]) -> tuple[list[str], int]:
+    """Take out of `states` (the shards a resume keeps) every shard holding a clip that changed since
+    it was built: its annotation row, or its file's size, or its mtime and content hash. Those shards
+    are rebuilt (not refused: the rest of the build stays valid). -> (["<clip> (what changed)"],
+    clips not checked: their shard was built before fingerprints were recorded)."""
+    root = source_root(cfg.dataset_root)
+    changed: list[str] = []
+    unchecked = 0
+    for name in sorted(states):
+        mine = []
+        for r in states[name].get("results", []):
+            clip = clips.get(r.get("clip_id"))
+            why = changed_since(root, clip, r) if clip is not None else "not in the index any more"
+            if why is None:
+                unchecked += 1
+            elif why:
+                mine.append(f"{r.get('clip_id')} ({why})")
+        if mine:
+            logger.warning("shard %s is rebuilt: %d clip(s) changed since it was built: %s", name, len(mine),
+                           ", ".join(mine[:5]))
+            del states[name]
+            changed += mine
+    if unchecked:
+        logger.info("%d clips were built before fingerprints were recorded: not checked for changes", unchecked)
+    return changed, unchecked
 
 
 def _check_room(cfg: BuildConfig, out: Path, todo: list[dict[str, Any]], reclaim: int = 0) -> dict[str, int]:
@@ -315,16 +384,32 @@ def plan_build(cfg: BuildConfig, rebuild_level: int = logging.WARNING) -> dict[s
     if not cfg.write.overwrite:  # the same refusal the real run would make
         _check_plan(out, cfg, plan, write=False)
         done = _load_done(out, plan, level=rebuild_level)
+    changed, _ = _drop_changed(cfg, done, {c["clip_id"]: c for c in index.clips})
     reclaim = owned_bytes(out) if cfg.write.overwrite and out.is_dir() else 0  # what --overwrite deletes first
     room = _check_room(cfg, out, [s for s in plan if s["name"] not in done], reclaim)
     parts = Counter(c["part"] for c in index.clips)
+    missing = _missing_files(index.rejects)
     return {"dataset": str(cfg.dataset_root), "out": str(out), "clips": len(index.clips),
             "unannotated": len(index.unannotated), "rejected_at_index": len(index.rejects),
             "clips_per_part": {str(k): v for k, v in sorted(parts.items())}, "shards_planned": len(plan),
             "shards_done": len(done),
             "clips_to_process": sum(len(s["clip_ids"]) for s in plan if s["name"] not in done),
             "formats": list(cfg.write.formats), "num_frames": cfg.decode.num_frames,
-            "frame_size": cfg.align.frame_size, "detector": cfg.align.detector, **room}
+            "frame_size": cfg.align.frame_size, "detector": cfg.align.detector, **room,
+            **({"clips_changed": f"{len(changed)}, rebuilt: " + _first(changed)} if changed else {}),
+            **({"files_missing": f"{len(missing)}: " + _first(missing)} if missing else {})}
+
+
+def _first(names: list[str], n: int = 5) -> str:
+    """The first few of `names` and how many more: one line however long the list."""
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _missing_files(rejects: list[dict[str, Any]]) -> list[str]:
+    """Index rejects whose file is not there (a manifest path, an annotated DFEW clip): the dry
+    run names them, for a manifest whose paths are all wrong must not look like a plan."""
+    keys = ("no video file or frame folder", "has no file", "file not found")
+    return [r["source"] or r["clip_id"] for r in rejects if any(k in r["error"] for k in keys)]
 
 
 def build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | None = None) -> BuildSummary:
@@ -358,7 +443,7 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
     summary.clips, summary.unannotated = len(index.clips), len(index.unannotated)
     if not index.clips:
         raise _no_clips(cfg, index.rejects)
-    _prepare_out(out, cfg)
+    summary.left = _prepare_out(out, cfg)
     sizes = None
     if remote:
         if cfg.write.overwrite:
@@ -369,9 +454,15 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
                        sample_nbytes(cfg.decode.num_frames, cfg.align.frame_size, len(cfg.index.classes)))
     _check_plan(out, cfg, plan, write=False)
     states = _load_done(out, plan, sizes)
+    summary.changed, summary.not_checked = _drop_changed(cfg, states, {c["clip_id"]: c for c in index.clips})
     summary.shards_resumed = len(states)
     todo = [s for s in plan if s["name"] not in states]
     _check_room(cfg, out, todo)  # refused before the plan is written: a build that does not fit leaves nothing
+    foreign = [] if remote else foreign_at_our_names(out, [s["name"] for s in plan])
+    if foreign:
+        raise BuildError(f"{out} holds {len(foreign)} file(s) at names build-shards writes that it cannot prove it "
+                         f"wrote (no _state/plan.json of its own): {', '.join(foreign[:5])}; nothing was changed: "
+                         "move them away or choose another --out")
     _check_plan(out, cfg, plan)
     if remote:
         push(out, remote, [f"{STATE_DIR}/plan.json"])
@@ -392,7 +483,8 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
     rows = []
     for c in index.clips:
         r = results[c["clip_id"]]
-        rows.append(c | {k: r.get(k) for k in ("status", "shard", "face_tried", "face_frames", "face_score")})
+        rows.append(c | {k: r.get(k) for k in ("status", "shard", "face_tried", "face_frames", "face_score",
+                                                *FINGERPRINT_FIELDS)})
     write_clips_table(out, rows)
     rejects = list(index.rejects) + [
         {"clip_id": r["clip_id"], "source": clips_by_id[r["clip_id"]]["source"], "stage": r["stage"],
@@ -419,6 +511,24 @@ def _build_shards(cfg: BuildConfig, on_progress: Callable[[int, int], None] | No
     return summary
 
 
+_DEATHS = 3  # worker deaths a clip is given (its run's included) before it is rejected
+
+
+def _worker_died_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    """Ray's errors for a task whose worker process died (a crash, a kill, the OOM killer)."""
+    names = ("WorkerCrashedError", "OutOfMemoryError", "NodeDiedError")
+    return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
+
+
+def _died_row(root: str, clip: dict[str, Any], e: BaseException) -> dict[str, Any]:
+    """The reject of a clip whose worker process died twice while processing it (alone in its task)."""
+    what = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    return {"clip_id": clip["clip_id"], "status": "rejected", "stage": "decode",
+            "error": f"{clip['source']}: the worker process died while decoding/aligning this clip "
+                     f"({type(e).__name__}: {what}); a decoder crash on this file: check or re-encode it",
+            **source_fingerprint(root, clip)}
+
+
 def _clips_per_task(total: int, workers: int) -> int:
     """Clips per Ray task: one for a small job (every worker busy to the end), up to 8 for a large
     one (Ray's per-task cost shared, ~16 tasks per worker still balance the load)."""
@@ -431,9 +541,16 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
     import ray
 
     workers, started = init_ray(cfg.ray.address, cfg.ray.workers)
-    process = ray.remote(num_returns=2, max_retries=3)(process_clips)
+    # Crash isolation: Ray does not retry a clip task (max_retries=0); the driver does. A task whose
+    # worker process dies re-runs each of its clips alone, and a clip whose worker dies _DEATHS times
+    # (in its run, then alone, twice: a task queued behind a crashing one on the same worker dies with
+    # it without having run) is rejected with that reason, the build going on: one decoder crash
+    # costs one clip, not the clips of its run, nor the build.
+    process = ray.remote(num_returns=2, max_retries=0)(process_clips)
+    tries: Counter[str] = Counter()
+    suspects: list[tuple[str, list[str]]] = []  # (shard, [clip]) to re-run alone, popped from the end
     writer = ray.remote(max_retries=3)(write_shard)
-    root = str(Path(cfg.dataset_root).resolve())
+    root = str(source_root(cfg.dataset_root))  # a manifest's paths are relative to its folder
     out_s = str(out.resolve())
     total = sum(len(s["clip_ids"]) for s in todo)
     per_task = cfg.ray.clips_per_task or _clips_per_task(total, workers)
@@ -445,11 +562,18 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
     got: dict[str, list[tuple[int, list[dict], Any]]] = {s["name"]: [] for s in todo}  # shard -> its runs
     writes: dict[Any, str] = {}
     parquet = {"classes": tuple(cfg.index.classes), "frames_compression": cfg.write.frames_compression}
+    died = _worker_died_errors(ray)
     done = 0
     try:
-        while queue or pending or writes:
-            while queue and len(pending) < 2 * workers:  # one queued behind each running: no idle gap
-                name, ids = queue.pop()
+        while queue or suspects or pending or writes:
+            while len(pending) < 2 * workers:  # one queued behind each running: no idle gap
+                # a clip whose worker died runs alone and one at a time: never queued behind another suspect
+                if suspects and not any(len(v[1]) == 1 and tries[v[1][0]] for v in pending.values()):
+                    name, ids = suspects.pop()
+                elif queue:
+                    name, ids = queue.pop()
+                else:
+                    break
                 rows_ref, crops_ref = process.remote(root, [clips_by_id[c] for c in ids], cfg.decode, cfg.align)
                 pending[rows_ref] = (name, ids, crops_ref)
             ready, _ = ray.wait(list(pending) + list(writes), num_returns=1)
@@ -462,7 +586,19 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
                     fault_point("build.shard_done")
                     continue
                 name, ids, crops_ref = pending.pop(ref)
-                rows = ray.get(ref)
+                try:
+                    rows = ray.get(ref)
+                except died as e:
+                    with contextlib.suppress(*died):  # fetched once: Ray prints no "unhandled error" for it
+                        ray.get(crops_ref)
+                    tries.update(ids)
+                    if len(ids) > 1 or tries[ids[0]] < _DEATHS:  # which clip killed the worker: each one alone
+                        logger.info("a worker died on %d clip(s) (%s ...): re-running them one per task",
+                                    len(ids), ids[0])
+                        suspects += [(name, [c]) for c in reversed(ids)]
+                        continue
+                    rows = [_died_row(root, clips_by_id[ids[0]], e)]
+                    crops_ref = ray.put([None])
                 for _ in ids:
                     fault_point("build.clip_done")
                     done += 1

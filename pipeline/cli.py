@@ -224,12 +224,22 @@ def build_shards_cmd(dataset: Path, out: str | None, source: str | None, dataset
         f"{s.bytes / 1e6:.1f} MB\n"
         f"  time              {s.seconds:.1f} s, {s.clips_per_s:.2f} clips/s processed this run"
     )
+    if s.changed:
+        more = f" and {len(s.changed) - 5} more" if len(s.changed) > 5 else ""
+        click.echo(f"  changed clips     {len(s.changed)} changed since their shards were built, shards rebuilt: "
+                   f"{', '.join(s.changed[:5])}{more}")
+    if s.not_checked:
+        click.echo(f"  not checked       {s.not_checked} clips of shards built before midas-prep recorded "
+                   "fingerprints (rebuild with --overwrite to record them)")
 
 
 _SHORT_REASONS = (("no face", "no face"), ("truncated or corrupt", "truncated or corrupt file"),
                   ("file not found", "file not found"), ("empty file", "empty file"),
                   ("detector failed", "detector failed"), ("has no file", "no file"),
-                  ("no video file", "no file"), ("unreadable image", "unreadable image"))
+                  ("no video file", "no file"), ("unreadable image", "unreadable image"),
+                  ("worker process died", "worker crashed"), ("too small to hold a face", "too small"),
+                  ("0-frame video", "empty video"), ("audio-only", "audio only"), ("duplicate clip id", "duplicate id"),
+                  ("has 2 files", "two files"))
 
 
 def _reject_notes(out: Path) -> dict[str, str]:
@@ -380,11 +390,14 @@ def verify_cmd(shards: str, repair: bool, as_json: bool) -> None:
         raise click.ClickException(str(e)) from e
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "files": report.files, "samples": report.samples,
-                               "problems": [str(p) for p in report.problems], "rebuilt": rebuilt}, sort_keys=True))
+                               "problems": [str(p) for p in report.problems], "rebuilt": rebuilt,
+                               "notes": report.notes}, sort_keys=True))
     else:
         if rebuilt:
             click.echo(f"repaired {len(rebuilt)} shard(s): {', '.join(rebuilt)} "
                        f"({len(before.problems)} problem(s) before)")
+        for note in report.notes:
+            click.echo(f"NOTE {note}")
         for p in report.problems[:50]:
             click.echo(f"PROBLEM {p}")
         if len(report.problems) > 50:
@@ -494,11 +507,15 @@ def make_sample_cmd(directory: Path, clips: int, seed: int, frames: bool, as_jso
     Example:
         midas-prep make-sample dfew/ && midas-prep build-shards dfew/
     """
-    from pipeline.tools.make_sample import MIN_CLIPS, make_sample
+    from pipeline.tools.make_sample import MIN_CLIPS, SampleDirRefused, claim_sample_dir, make_sample
 
     if clips < MIN_CLIPS:
         raise click.UsageError(f"--clips {clips}: need at least {MIN_CLIPS} clips (2 without a face, 1 corrupt, "
                                "3 with fixed roles, and one single-labelled clip per test fold)")
+    try:
+        claim_sample_dir(directory)
+    except SampleDirRefused as e:
+        raise click.ClickException(str(e)) from None
     bar = _bar(clips, "make-sample")
     try:
         s = make_sample(directory, clips=clips, seed=seed, with_frames=frames, progress=lambda n: bar.update(1))

@@ -27,6 +27,123 @@ LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray keeps 127.0.0.1
 
 
 _ray_roots: list[Any] = []  # psutil.Process of the processes a local start spawned
+_session: list[str] = []  # the /tmp/ray/session_* folder of the local Ray started here
+_watchdog: list[Any] = []  # the watchdog process of that Ray
+
+
+def _session_dir() -> str:
+    """The session folder of the Ray this process started ("" if Ray does not say)."""
+    try:
+        import ray._private.worker as w
+
+        return str(w._global_node.get_session_dir_path())
+    except Exception:  # noqa: BLE001 - a private API: no folder named, none removed
+        return ""
+
+
+def _remove_session(path: str) -> None:
+    """Delete the session folder of our own Ray (and `session_latest` when it names it): only that one."""
+    import shutil
+
+    p = Path(path) if path else None
+    if p is None or not p.name.startswith("session_") or not p.is_dir() or p.is_symlink():
+        return
+    latest = p.parent / "session_latest"
+    if latest.is_symlink() and Path(os.readlink(latest)).name == p.name:
+        latest.unlink(missing_ok=True)
+    shutil.rmtree(p, ignore_errors=True)
+
+
+_WATCHDOG = """
+import os, shutil, sys, time
+from pathlib import Path
+import psutil
+driver, session = int(sys.argv[1]), sys.argv[2]
+roots = []
+for a in sys.argv[3:]:
+    pid, born = a.split(":")
+    try:
+        p = psutil.Process(int(pid))
+        if abs(p.create_time() - float(born)) < 1e-3:
+            roots.append(p)
+    except psutil.Error:
+        pass
+while psutil.pid_exists(driver) and psutil.Process(driver).status() != psutil.STATUS_ZOMBIE:
+    time.sleep(0.5)
+procs = list(roots)
+for r in roots:
+    try:
+        procs += r.children(recursive=True)
+    except psutil.Error:
+        pass
+for p in procs:
+    try:
+        p.kill()
+    except psutil.Error:
+        pass
+end = time.monotonic() + 5
+def alive(p):
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+while any(alive(p) for p in procs) and time.monotonic() < end:
+    time.sleep(0.05)
+s = Path(session)
+if session and s.name.startswith("session_") and s.is_dir() and not s.is_symlink():
+    latest = s.parent / "session_latest"
+    if latest.is_symlink() and Path(os.readlink(latest)).name == s.name:
+        latest.unlink()
+    shutil.rmtree(s, ignore_errors=True)
+"""
+
+
+def _start_watchdog() -> None:
+    """A small process that outlives a kill -9 of this one and then kills the local Ray it started
+    (gcs_server, raylet, agents, workers) and removes its session folder: without it they linger
+    for a minute or more. A normal end (shutdown_ray) stops the watchdog first."""
+    import subprocess
+
+    roots = []
+    for p in _ray_roots:
+        try:
+            roots.append(f"{p.pid}:{p.create_time()}")
+        except Exception:  # noqa: BLE001 - gone already
+            continue
+    try:
+        _watchdog[:] = [subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), _session[0] if _session else "", *roots],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    except OSError as e:  # no watchdog: the Ray still works, a kill -9 leaves it for Ray's own timeout
+        logger.info("no Ray watchdog: %s", e)
+
+
+def _stop_watchdog() -> None:
+    for w in _watchdog:
+        w.kill()
+        w.wait()
+    _watchdog.clear()
+
+
+_ray_log = logging.getLogger("pipeline.cluster.ray")
+
+
+def _quiet_driver() -> None:
+    """Ray's driver prints what raylet and workers push to it ("A worker died ...") on stdout; that
+    goes to the log instead (shown with -v), so a command's output stays its own lines."""
+    try:
+        import ray._private.worker as w
+    except ImportError:  # pragma: no cover
+        return
+    if getattr(w.print_to_stdstream, "_midas_quiet", False):
+        return
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", []):
+            _ray_log.info("(%s) %s", data.get("pid", "ray"), str(line).rstrip())
+
+    to_log._midas_quiet = True  # type: ignore[attr-defined]
+    w.print_to_stdstream = to_log
 
 
 def _children() -> list[Any]:
@@ -97,8 +214,11 @@ def init_ray(address: str, workers: int) -> tuple[int, bool]:
             before = _children()
             ray.init(**local_ray_kwargs(workers or os.cpu_count() or 1))
             _ray_roots[:] = [p for p in _children() if p not in before]  # gcs_server, raylet, agents
+            _session[:] = [_session_dir()]
+            _start_watchdog()
         started = True
         exit_on_sigterm()
+    _quiet_driver()
     if not workers:
         workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
     return workers, started
@@ -126,6 +246,7 @@ def shutdown_ray(started: bool) -> None:
     import psutil
     import ray
 
+    _stop_watchdog()
     mine = list(_ray_roots)
     for root in _ray_roots:
         try:
@@ -137,6 +258,9 @@ def shutdown_ray(started: bool) -> None:
     ray.shutdown()
     _kill(mine)
     _wait_gone(mine, timeout=2.0)
+    for session in _session:
+        _remove_session(session)
+    _session.clear()
 
 
 def _wait_gone(procs: list[Any], timeout: float) -> None:

@@ -18,7 +18,8 @@ from pipeline.datasets.dfew import FRAME_EXTENSIONS
 from pipeline.datasets.records import natural_key
 from pipeline.errors import ClipRejected
 
-__all__ = ["sample_indices", "decode_clip", "decode_video", "decode_frame_folder"]
+__all__ = ["sample_indices", "decode_clip", "decode_video", "decode_frame_folder", "read_image", "what_video_is",
+           "check_frame_size", "check_video_size", "MIN_SIDE"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def _decode_video_decord(path: Path, clip_id: str, cfg: DecodeConfig, name: str 
     Reject reasons name the file as `name` (its path under the dataset root, so rejects.parquet
     does not depend on where the dataset sits) and say what a user can do with it: a file that
     decord cannot open or read a frame of is reported as truncated or corrupt, with its size."""
-    import decord
+    decord = _decord()
 
     name = name or path.name
     broken = f"file truncated or corrupt (size {path.stat().st_size} bytes)"
@@ -182,14 +183,15 @@ def _decode_video_decord(path: Path, clip_id: str, cfg: DecodeConfig, name: str 
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         n = len(vr)
         if n <= 0:
-            raise ClipRejected(clip_id, "decode", f"{name}: video has no frames")
+            raise ClipRejected(clip_id, "decode", f"{name}: an empty container (a 0-frame video)")
         h, w = vr[0].shape[:2]
         rw, rh = _reduced_size(w, h, cfg.decode_max_side)
         if (rw, rh) != (w, h):
             vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=rw, height=rh, num_threads=1)
             n = min(n, len(vr))
     except (decord.DECORDError, RuntimeError) as e:
-        raise ClipRejected(clip_id, "decode", f"{name}: cannot open the video: {broken}") from e
+        raise ClipRejected(clip_id, "decode", (
+            f"{name}: cannot open the video: {what_video_is(path) or broken}")) from e
     except (IndexError, ValueError, OSError) as e:
         raise ClipRejected(clip_id, "decode", f"{name}: cannot open the video: {_first_line(e, path, name)}") from e
     idx = sample_indices(n, cfg.num_frames).tolist()
@@ -202,6 +204,74 @@ def _decode_video_decord(path: Path, clip_id: str, cfg: DecodeConfig, name: str 
     if frames.ndim != 4 or frames.shape[0] != cfg.num_frames or frames.shape[-1] != 3:
         raise ClipRejected(clip_id, "decode", f"{name}: decoded shape {frames.shape} is not T x H x W x 3")
     return np.ascontiguousarray(frames, dtype=np.uint8)
+
+
+def _decord() -> object:
+    """decord, imported only after cv2: decord loads its own zlib with RTLD_GLOBAL, and a cv2
+    imported after it in the same process fails every PNG ("bad parameters to zlib"). Every
+    decord import of the package goes through here."""
+    import cv2  # noqa: F401 - first, on purpose
+    import decord
+
+    return decord
+
+
+def what_video_is(path: Path) -> str:
+    """Why a file decord cannot open is not a video, when PyAV can tell ("" when it cannot): an
+    empty container (0 frames) and an audio-only file are not "truncated or corrupt"."""
+    try:
+        import av
+    except ImportError:  # pragma: no cover - PyAV is a dependency
+        return ""
+    try:
+        with av.open(str(path)) as c:
+            streams = list(c.streams.video)
+            if not streams:
+                kinds = sorted({s.type for s in c.streams})
+                if not kinds:  # a container with no stream, or a video track of 0 samples (which FFmpeg drops)
+                    return "an empty container (a 0-frame video)"
+                return ("no video stream: an audio-only file" if "audio" in kinds
+                        else f"no video stream (streams: {', '.join(kinds)})")
+            try:
+                got = next(c.decode(streams[0]), None)
+            except av.FFmpegError:
+                return ""
+            if got is None:
+                return "an empty container (a 0-frame video)"
+    except (av.FFmpegError, OSError, ValueError):
+        return ""
+    return ""
+
+
+MIN_SIDE = 24  # pixels: a face detector (and a 112-pixel crop) needs more than this to find a face
+
+
+def check_video_size(root: Path, clip: dict) -> None:
+    """Reject a video too small to hold a face before decoding it (decord fails on some, and the
+    reason would read "truncated or corrupt"): its size from the container header (PyAV)."""
+    if clip["source_kind"] != "video":
+        return
+    try:
+        import av
+
+        with av.open(str(Path(root) / clip["source"])) as c:
+            if not c.streams.video:
+                return
+            cc = c.streams.video[0].codec_context
+            w, h = cc.width, cc.height
+    except Exception:  # noqa: BLE001 - not openable: decode_video says what the file is
+        return
+    if w and h:
+        check_frame_size(np.empty((1, h, w, 3), np.uint8), clip["clip_id"], clip["source"], "video")
+
+
+def check_frame_size(frames: np.ndarray, clip_id: str, name: str, kind: str) -> None:
+    """Reject a clip whose frames are too small to hold a face, saying so (not "no face")."""
+    h, w = frames.shape[1:3]
+    if min(h, w) < MIN_SIDE:
+        what = "video" if kind == "video" else "frames"
+        raise ClipRejected(clip_id, "decode", f"{name}: {what} {'is' if kind == 'video' else 'are'} {w}x{h}, "
+                                              f"too small to hold a face (under {MIN_SIDE} pixels a side)")
 
 
 def _first_bad_frame(vr: object, idx: list[int]) -> int | None:
@@ -228,15 +298,45 @@ def decode_frame_folder(path: Path, clip_id: str, cfg: DecodeConfig, name: str =
     frames: list[np.ndarray] = []
     size: tuple[int, int] | None = None
     for i in sample_indices(len(files), cfg.num_frames):
-        img = cv2.imread(str(path / files[i]), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ClipRejected(clip_id, "decode", f"{name}/{files[i]}: unreadable image (truncated or not an image)")
+        img = read_image(path / files[i], clip_id, f"{name}/{files[i]}")
         if size is None:
             size = _reduced_size(img.shape[1], img.shape[0], cfg.decode_max_side)
         if (img.shape[1], img.shape[0]) != size:
             img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
         frames.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
     return np.stack(frames)
+
+
+def _truncated(data: bytes, suffix: str) -> str:
+    """Why an image file is cut short ("" when its end marker is there): cv2 decodes a JPEG that
+    lacks its end as gray rows without a word, and a PNG without IEND the same way."""
+    if suffix in (".jpg", ".jpeg") and data[:2] == b"\xff\xd8":
+        if b"\xff\xd9" not in data[-1024:].rstrip(b"\x00"):
+            return "truncated (the JPEG end marker FFD9 is missing)"
+    elif suffix == ".png" and data[:8] == b"\x89PNG\r\n\x1a\n":
+        if not data.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82"):
+            return "truncated (the PNG IEND chunk is missing)"
+    elif suffix == ".bmp" and data[:2] == b"BM" and len(data) >= 6:
+        if len(data) < int.from_bytes(data[2:6], "little"):
+            return f"truncated ({len(data)} of the {int.from_bytes(data[2:6], 'little')} bytes its header gives)"
+    return ""
+
+
+def read_image(path: Path, clip_id: str, name: str) -> np.ndarray:
+    """One frame file -> BGR uint8; a truncated or unreadable file rejects the clip, naming the file."""
+    import cv2
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ClipRejected(clip_id, "decode", f"{name}: unreadable image ({e.strerror or e})") from None
+    why = _truncated(data, path.suffix.lower())
+    if why:
+        raise ClipRejected(clip_id, "decode", f"{name}: unreadable image: {why}")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if img is None:
+        raise ClipRejected(clip_id, "decode", f"{name}: unreadable image (truncated or not an image)")
+    return img
 
 
 def decode_clip(root: Path, clip: dict, cfg: DecodeConfig) -> np.ndarray:

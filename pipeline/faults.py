@@ -9,6 +9,7 @@
                           enospc      raise OSError(ENOSPC), as a full disk does
     MIDAS_PREP_FAULT_SKIP=N           let the first N hits in this process pass
     MIDAS_PREP_FAULT_ONCE=<path>      fire only if <path> does not exist yet (it is created)
+    MIDAS_PREP_FAULT_CLIP=<clip id>   fire only at the points that name this clip (build.decoded)
 
 Points: build.decoded (a Ray worker decoded a clip), build.clip_done (driver, a clip
 result arrived), build.shard_done (driver, between shards; mix-offline too),
@@ -29,8 +30,11 @@ __all__ = ["fault_point"]
 _hits: dict[str, int] = {}
 
 
-def fault_point(name: str) -> None:
+def fault_point(name: str, clip: str = "") -> None:
     if os.environ.get("MIDAS_PREP_FAULT") != name:
+        return
+    only = os.environ.get("MIDAS_PREP_FAULT_CLIP")
+    if only is not None and only != clip:
         return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] <= int(os.environ.get("MIDAS_PREP_FAULT_SKIP", "0")):

@@ -51,10 +51,14 @@ from pipeline.write import (
     check_room,
     encode_sample,
     estimate_bytes,
+    foreign_at_our_names,
+    left_files,
     load_done,
     owned_bytes,
     remove_outputs,
     remove_temporaries,
+    say_left,
+    write_fix,
     write_index,
     write_shard_files,
 )
@@ -275,6 +279,7 @@ class MixSummary:
     bytes: int = 0  # bytes written this run
     seconds: float = 0.0
     lam_quantiles: dict[str, float] = field(default_factory=dict)
+    left: list[str] = field(default_factory=list)  # files --overwrite left: not provably written by midas-prep
 
     @property
     def mb_per_s(self) -> float:
@@ -306,7 +311,7 @@ def mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None = None,
         raise ShardError(str(e)) from None
     except OSError as e:
         raise ShardError(f"cannot write the mixed shards: {e}; the finished shards are kept and no temporary is "
-                         "left: free space and re-run, it resumes") from e
+                         f"left: {write_fix(e)}") from e
 
 
 def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
@@ -354,12 +359,24 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
         fold_uri = f"{out_remote}/{fout.name}" if out_remote else ""
         if cfg.overwrite:
             remove_outputs(fout)
+            left = left_files(fout) if fout.is_dir() else []
+            if left:
+                logger.warning("%s", say_left(f"--overwrite of {fout}", left))
+                summary.left += [f"{fout.name}/{f}" for f in left]
             if fold_uri:
                 from pipeline.build import remove_remote_outputs
 
                 remove_remote_outputs(fold_uri)
         fout.mkdir(parents=True, exist_ok=True)
         remove_temporaries(fout)
+        foreign = [] if fold_uri else foreign_at_our_names(fout, [s["name"] for s in shards_k])
+        if foreign:
+            raise ShardError(f"{fout} holds {len(foreign)} file(s) at names mix-offline writes that it cannot prove "
+                             f"it wrote (no _state/plan.json of its own): {', '.join(foreign[:5])}; nothing was "
+                             "changed: move them away or choose another --out")
+        if cfg.overwrite and _plan_conflict(fout, conf, shards_k):  # what is left is not a plan of ours
+            raise ShardError(f"{fout / STATE_DIR / 'plan.json'} is not a plan mix-offline can prove it wrote; "
+                             "--overwrite does not delete it: move it away or choose another --out")
         _check_plan(fout, conf, shards_k)
         if fold_uri:
             push(fout, fold_uri, [f"{STATE_DIR}/plan.json"])
@@ -412,7 +429,7 @@ def _mix_offline(cfg: MixConfig, ray_cfg: RayConfig | None,
                 raise ShardError(str(cause)) from None
             if isinstance(cause, OSError):  # a full disk: which file, how much room was left
                 raise ShardError(f"cannot write the mixed shards: {cause}; the finished shards are kept and no "
-                                 "temporary is left: free space and re-run, it resumes") from None
+                                 f"temporary is left: {write_fix(cause)}") from None
             raise ShardError(f"a mix task failed; finished shards are kept and a re-run resumes: {failed}") from failed
 
     lams = []

@@ -9,6 +9,7 @@ the file (and sample) and the command that fixes it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -185,7 +186,7 @@ def decode_members(frames_npy: bytes, soft_npy: bytes, json_bytes: bytes, where:
     try:
         meta = json.loads(json_bytes)
     except (UnicodeDecodeError, ValueError) as e:
-        raise ShardError(f"{where}: json member is corrupt ({e}); run `midas-prep verify`") from e
+        raise ShardError(f"{where}: json member is corrupt ({e}); run `midas-prep verify`") from None
     crc = meta.get("crc32") if isinstance(meta, dict) else None
     if crc:
         for ext, data in (("frames.npy", frames_npy), ("soft.npy", soft_npy)):
@@ -194,8 +195,9 @@ def decode_members(frames_npy: bytes, soft_npy: bytes, json_bytes: bytes, where:
     try:
         frames = np.load(io.BytesIO(frames_npy), allow_pickle=False)
         soft = np.load(io.BytesIO(soft_npy), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ShardError(f"{where}: an array member does not load ({e}); run `midas-prep verify`") from e
+    except (ValueError, OSError, EOFError, TypeError) as e:
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ShardError(f"{where}: an array member does not load ({why}); run `midas-prep verify`") from None
     msg = check_arrays(frames, soft, spec)
     if msg:
         raise ShardError(f"{where}: {msg}; run `midas-prep verify`")
@@ -207,7 +209,14 @@ def decode_parquet_row(row: dict[str, Any], where: str, spec: dict[str, tuple[in
     """A Parquet sample row (frames, soft, json columns) -> (frames, soft, meta), checked."""
     if row.get("frames") is None or row.get("soft") is None or row.get("json") is None:
         raise ShardError(f"{where}: a null frames, soft or json cell; run `midas-prep verify`")
-    soft_npy = npy_bytes(np.asarray(row["soft"], np.float32))  # the column holds values; crc32 is of the .npy
+    if not isinstance(row["frames"], bytes) or not isinstance(row["json"], str) or not isinstance(row["soft"], list):
+        kinds = ", ".join(f"{k} {type(row[k]).__name__}" for k in ("frames", "soft", "json"))
+        raise ShardError(f"{where}: not the Parquet schema midas-prep writes (columns {kinds}; expected frames "
+                         "binary, soft list<float>, json string); run `midas-prep verify`")
+    try:
+        soft_npy = npy_bytes(np.asarray(row["soft"], np.float32))  # the column holds values; crc32 is of the .npy
+    except (TypeError, ValueError) as e:
+        raise ShardError(f"{where}: the soft cell is not a list of numbers ({e}); run `midas-prep verify`") from None
     return decode_members(row["frames"], soft_npy, row["json"].encode(), where, spec)
 
 
@@ -237,11 +246,23 @@ def read_sample(files: dict[str, Any], fmt: str, path: str, where: Any, name: st
     try:
         pf = files.get(path) or files.setdefault(path, pq.ParquetFile(path))
         rows = pf.read_row_group(where, columns=["frames", "soft", "json"]).to_pylist()  # one sample per group
-    except (pa.ArrowException, OSError, IndexError) as e:
-        raise ShardError(f"{name}: unreadable Parquet row group ({e}); run `midas-prep verify`") from None
+    except (pa.ArrowException, OSError, IndexError, KeyError, TypeError, ValueError) as e:
+        raise ShardError(f"{name}: unreadable Parquet row group ({type(e).__name__}: {str(e)[:200]}); not the "
+                         "Parquet shard midas-prep writes; run `midas-prep verify`") from None
     if len(rows) != 1:
         raise ShardError(f"{name}: row group holds {len(rows)} rows, expected 1; run `midas-prep verify`")
     return decode_parquet_row(rows[0], name, spec)
+
+
+def index_sha256s(shards: str | Path) -> dict[str, str]:
+    """{path: sha256} of every index.json under `shards` a reader reads (the build's and each mixed
+    fold's): a run records them, and a rewrite during the run (mix-offline --overwrite) is seen."""
+    root = Path(shards)
+    out: dict[str, str] = {}
+    for p in [root / INDEX_NAME, *sorted(root.glob(f"{MIXED_DIR}/fold=*/{INDEX_NAME}"))]:
+        with contextlib.suppress(OSError):
+            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
 
 
 class SampleReader:

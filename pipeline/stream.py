@@ -377,6 +377,19 @@ class ShardSource:
         return x, y, np.array([i, meta.get("label", -1), int(pad)], dtype=np.int64)
 
 
+def _one_line(e: BaseException, shards: str) -> BaseException:
+    """A damaged sample met in a DALI reader process comes back as a long DALI traceback holding the
+    reader's ShardError: that one line (it names the shard and sample), with the fix. Anything
+    else is returned as it is."""
+    text = str(e)
+    marker = "ShardError: "
+    if marker not in text:
+        return e
+    line = text[text.rindex(marker) + len(marker):].strip().splitlines()[0]
+    line = line.replace("; run `midas-prep verify`", "")
+    return ShardError(f"{line}; stop and run `midas-prep verify {shards} --repair` (it rebuilds that shard)")
+
+
 def midas_graph(frames: Any, soft: Any, cfg: StreamConfig, device: str, training: bool,
                 frame_size: int) -> tuple[Any, ...]:
     """The training graph over a batch of uint8 FHWC clips and float32 soft labels.
@@ -493,8 +506,14 @@ class MidasLoader:
         if self._it is None:
             self._it = DALIGenericIterator([self.pipe], self.output_map, last_batch_policy=LastBatchPolicy.PARTIAL,
                                            auto_reset=False, prepare_first_batch=False)
-        for batch in self._it:
-            yield self._unpad(batch[0])  # one pipeline per rank
+        try:
+            for batch in self._it:
+                yield self._unpad(batch[0])  # one pipeline per rank
+        except Exception as e:  # noqa: BLE001 - DALI re-raises a reader's error as a bare Exception
+            one = _one_line(e, self.cfg.shards)
+            if one is e:
+                raise
+            raise one from None
         self._it.reset()  # only after a whole epoch: a loop left early resumes where it stopped
 
     def check_not_empty(self) -> None:

@@ -51,6 +51,7 @@ from pipeline.read import (
     sample_spec,
 )
 from pipeline.remote import is_remote, local_dir, pull, remote_sizes
+from pipeline.write import owned_files
 
 __all__ = ["Problem", "VerifyReport", "verify_shards", "repair_shards"]
 
@@ -76,6 +77,7 @@ class VerifyReport:
     files: int = 0
     samples: int = 0
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what could not be checked (not a failure)
 
     @property
     def ok(self) -> bool:
@@ -241,7 +243,60 @@ def verify_shards(shards: str | Path) -> VerifyReport:
         for entry in index["shards"]:
             report.files += 1
             _verify_entry(root, ipath, entry, spec, report)
+        if index.get("kind") == "clips":
+            _verify_sources(root, ipath, index, report)
     return report
+
+
+def _verify_sources(root: Path, ipath: Path, index: dict[str, Any], report: VerifyReport) -> None:
+    """Every clip of clips.parquet against the dataset as it is now (records.changed_since): a clip
+    whose annotation row or file changed since the build is a problem of its shard (repair rebuilds
+    it). A dataset that is not there, or a build made before fingerprints, is a note: not checked."""
+    import pyarrow.parquet as pq
+
+    from pipeline.config import BuildConfig, ConfigError, load_config, with_added_fields
+    from pipeline.datasets.records import changed_since, source_root
+    from pipeline.errors import LayoutError
+    from pipeline.format import CLIPS_NAME
+    from pipeline.index import index_dataset
+
+    if not is_inside(root, CLIPS_NAME) or not (root / CLIPS_NAME).is_file():
+        return
+    try:
+        rows = pq.read_table(root / CLIPS_NAME).to_pylist()
+    except Exception as e:  # noqa: BLE001 - any unreadable table: a note, the shards were checked
+        report.notes.append(f"{root / CLIPS_NAME} is unreadable ({type(e).__name__}): clips not checked for changes")
+        return
+    if rows and "annotation_sha256" not in rows[0] or any(r.get("annotation_sha256") is None for r in rows):
+        report.notes.append(f"{root}: not checked for a changed dataset (built before midas-prep recorded what "
+                            "each clip was built from; rebuild with --overwrite to record it)")
+        return
+    dataset = index.get("dataset") or {}
+    conf = index.get("config") or {}
+    where = Path(dataset.get("root") or conf.get("dataset_root", ""))
+    if not where.exists():
+        report.notes.append(f"{root}: the dataset {where} is not reachable: clips not checked for changes")
+        return
+    try:
+        conf = with_added_fields({k: v for k, v in conf.items() if v is not None}) | {"dataset_root": str(where)}
+        cfg = load_config(BuildConfig, None, _flatten(conf))
+        now = {c["clip_id"]: c for c in index_dataset(where, cfg.index).clips}
+    except (ConfigError, LayoutError, KeyError, TypeError, ValueError) as e:
+        report.notes.append(f"{root}: the dataset {where} could not be indexed ({str(e)[:200]}): clips not checked "
+                            "for changes")
+        return
+    files = {e.get("shard"): str(root / e["path"]) for e in index["shards"] if isinstance(e, dict) and "path" in e}
+    base = source_root(where)
+    for r in rows:
+        if not r.get("shard"):
+            continue
+        clip = now.get(r["clip_id"])
+        why = "no longer in the dataset's index" if clip is None else changed_since(base, clip, r)
+        if why:
+            report.problems.append(Problem(
+                path=files.get(r["shard"], str(root / STATE_DIR / f"{r['shard']}.json")), shard=r["shard"],
+                index=str(ipath), message=(f"clip {r['clip_id']!r} changed since the build ({why}); "
+                                           f"`midas-prep verify {root} --repair` rebuilds its shard")))
 
 
 def _verify_entry(root: Path, ipath: Path, entry: Any, spec: dict, report: VerifyReport) -> None:
@@ -297,6 +352,7 @@ class _Job:
     delete: list[Path] = field(default_factory=list)  # files of the shards to rebuild, each checked inside root
     run: Any = None  # the rebuild: build_shards / mix_offline bound to its config
     check: Any = None  # a check that must wait for the jobs before this one (a source index rewritten)
+    left: list[str] = field(default_factory=list)  # listed files repair cannot prove are ours: untouched
 
 
 def repair_shards(shards: str | Path, report: VerifyReport) -> list[str]:
@@ -359,6 +415,7 @@ def _plan_repair(shards: Path, ipath: Path, problems: list[Problem], damaged_ind
     if trusted and index.get("kind") in ("clips", "mixed"):
         kind = index["kind"]
     job = _Job(root, kind, index if trusted else None)
+    owned = owned_files(root)  # index.json proves nothing: only what _state/ proves is deleted
     entries: dict[str, list[dict[str, Any]]] = {}
     for e in index["shards"] if trusted else []:
         entries.setdefault(e["shard"], []).append(e)
@@ -383,7 +440,10 @@ def _plan_repair(shards: Path, ipath: Path, problems: list[Problem], damaged_ind
             if not is_removable(root, rel):
                 raise ShardError(f"cannot repair {ipath}: {rel!r}, a file of shard {name!r}, is not inside {root}; "
                                  f"nothing was deleted; {fix}")
-            job.delete.append(root / rel)
+            if rel in owned:
+                job.delete.append(root / rel)
+            elif (root / rel).exists() or (root / rel).is_symlink():
+                job.left.append(rel)
     if trusted and not job.rebuild:
         return job
     if trusted:
@@ -492,7 +552,7 @@ def _mix_runner(shards: Path, root: Path, conf: dict[str, Any], index: dict[str,
 
 
 def _do_repair(shards: Path, job: _Job) -> list[str]:
-    from pipeline.write import atomic_write
+    from pipeline.write import atomic_write, say_left
 
     prefix = "" if job.root == shards else job.root.relative_to(shards).as_posix() + "/"
     if job.check is not None:  # a check that had to wait for an earlier job: still before any deletion
@@ -503,6 +563,8 @@ def _do_repair(shards: Path, job: _Job) -> list[str]:
         done.append(f"{prefix}{rel}")
     for path in job.delete:
         path.unlink(missing_ok=True)
+    if job.left:
+        logger.warning("%s", say_left(f"verify --repair of {job.root}", sorted(set(job.left))))
     done += [f"{prefix}{name}" for name in job.rebuild]
     if job.run is not None:
         job.run()

@@ -30,6 +30,7 @@ from pipeline.format import (
     INDEX_NAME,
     PLAN_NAME,
     REJECTS_NAME,
+    SHARD_DIRS,
     STATE_DIR,
     TMP_SUFFIX,
     ShardError,
@@ -61,6 +62,11 @@ __all__ = [
     "write_rejects_table",
     "owned_files",
     "owned_bytes",
+    "proven_plan",
+    "left_files",
+    "say_left",
+    "foreign_at_our_names",
+    "write_fix",
     "remove_temporaries",
     "remove_outputs",
     "estimate_bytes",
@@ -379,6 +385,11 @@ def write_clips_table(out: Path, rows: list[dict[str, Any]]) -> None:
         ("face_tried", pa.int16()),  # frames run through the detector
         ("face_frames", pa.int16()),  # of those, frames with a face
         ("face_score", pa.float32()),  # mean detection score over face_frames (NaN: no detector)
+        # what the clip was built from (records.source_fingerprint): verify and a re-run detect a change
+        ("annotation_sha256", pa.string()),  # the index row (votes, label, part, source)
+        ("source_bytes", pa.int64()),  # the video's size, or a frame folder's files' total
+        ("source_mtime_ns", pa.int64()),
+        ("source_sha256", pa.string()),  # first and last MiB (a frame folder: every file's)
     ])
     keys = [f.name for f in schema]
     rows = sorted(rows, key=lambda r: r["clip_id"])
@@ -401,40 +412,117 @@ def _json_inside(out: Path, rel: str) -> Any:
     return json_or_none(out / rel) if is_inside(out, rel) else None
 
 
-def owned_files(out: Path) -> set[str]:
-    """Relative paths of every file under `out` that build-shards or mix-offline writes there, as
-    far as `out` itself records them: index.json, clips.parquet, rejects.parquet, _state/plan.json,
-    the done-file of every planned shard, and each shard's files (listed in index.json, in a
-    done-file, or named by the plan). Anything else under `out` belongs to someone else.
+_OUR_NAMES = (INDEX_NAME, CLIPS_NAME, REJECTS_NAME, PLAN_NAME)  # the fixed names build-shards/mix-offline write
 
-    Only paths that stay inside `out` are returned (is_removable): a listed `../x`, an absolute
-    path or a file in a folder symlinked out of `out` is ignored (a symlink planted at one of
-    our names is returned: deleting it removes the link only), and a name that is not a shard
-    name is no name. The JSON files are read only when they resolve inside `out`."""
+
+def proven_plan(out: Path) -> dict[str, Any] | None:
+    """`out`/_state/plan.json when it is a plan midas-prep wrote (a regular file inside `out`, a
+    config, a shard list, a format version this midas-prep knows), else None: then nothing under
+    `out` is provably ours, and no command deletes or replaces anything there."""
     out = Path(out)
-    files = {INDEX_NAME, CLIPS_NAME, REJECTS_NAME, PLAN_NAME}
-    shards: set[str] = set()
-    plan = _json_inside(out, PLAN_NAME)
-    if isinstance(plan, dict) and isinstance(plan.get("shards"), list):
-        shards |= {s.get("name") for s in plan["shards"] if isinstance(s, dict) and is_shard_name(s.get("name"))}
-    entries: list[dict[str, Any]] = []
-    index = _json_inside(out, INDEX_NAME)
-    if isinstance(index, dict) and isinstance(index.get("shards"), list):
-        entries += [e for e in index["shards"] if isinstance(e, dict)]
+    if (out / PLAN_NAME).is_symlink() or not is_inside(out, PLAN_NAME):
+        return None
+    plan = json_or_none(out / PLAN_NAME)
+    if not isinstance(plan, dict) or not isinstance(plan.get("config"), dict) or not isinstance(
+            plan.get("shards"), list):
+        return None
+    version = plan.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        return None
+    return plan
+
+
+def _recorded(out: Path, shard: str, rel: Any, nbytes: Any, sizes: dict[str, int] | None) -> bool:
+    """A file a done-file of planned shard `shard` records: in a shard folder, named after the
+    shard, and holding the recorded size (what the writer wrote, not a user's file put there)."""
+    if not isinstance(rel, str) or not isinstance(nbytes, int) or not is_removable(out, rel):
+        return False
+    if Path(rel).parts[0] not in SHARD_DIRS or not (shard in rel or shard_path("parquet", shard) == rel):
+        return False
+    if sizes is not None:
+        return sizes.get(rel) == nbytes
+    p = out / rel
+    return p.is_file() and not p.is_symlink() and p.stat().st_size == nbytes
+
+
+def owned_files(out: Path, sizes: dict[str, int] | None = None) -> set[str]:
+    """Relative paths under `out` that build-shards or mix-offline can prove it wrote there.
+
+    The proof is its own records in _state/: a plan midas-prep wrote (proven_plan); without one,
+    nothing under `out` is ours. With one: the fixed names (index.json, clips.parquet,
+    rejects.parquet, the plan), the done-file and the layout's file names of every planned shard
+    (a killed run may have renamed one into place before its done-file), and the files a done-file
+    records with their size (`sizes`: the listing of a remote output). index.json's entries prove
+    nothing: it is a file anyone can write, and a path it lists is never deleted for being listed.
+
+    Only paths that stay inside `out` are returned (is_removable): a symlink planted at one of our
+    names is returned (deleting it removes the link only), a name that is not a shard name is no name."""
+    out = Path(out)
+    plan = proven_plan(out)
+    if plan is None:
+        return set()
+    files = set(_OUR_NAMES)
+    shards = {s.get("name") for s in plan["shards"] if isinstance(s, dict) and is_shard_name(s.get("name"))}
     for name in sorted(shards):
-        state = _json_inside(out, f"{STATE_DIR}/{name}.json")
-        if isinstance(state, dict) and isinstance(state.get("entries"), list):
-            entries += [e for e in state["entries"] if isinstance(e, dict)]
-    for e in entries:
-        if is_shard_name(e.get("shard")):
-            shards.add(e["shard"])
-        files.add(e.get("path"))
-        if isinstance(e.get("idx"), dict):
-            files.add(e["idx"].get("path"))
-    for name in shards:
-        files.add(f"{STATE_DIR}/{name}.json")
+        done = f"{STATE_DIR}/{name}.json"
+        files.add(done)
         files.update(f for fmt in FORMAT_DIRS for f in shard_files(name, fmt))
+        state = _json_inside(out, done)
+        if isinstance(state, dict) and isinstance(state.get("entries"), list):
+            for e in state["entries"]:
+                if not isinstance(e, dict):
+                    continue
+                idx = e.get("idx") if isinstance(e.get("idx"), dict) else {}
+                for rel, nbytes in ((e.get("path"), e.get("bytes")), (idx.get("path"), idx.get("bytes"))):
+                    if _recorded(out, name, rel, nbytes, sizes):
+                        files.add(rel)
     return {f for f in files if is_removable(out, f)}
+
+
+def left_files(out: Path, skip: Iterable[str] = ()) -> list[str]:
+    """Files under `out` (relative, sorted) a cleanup left because it cannot prove it wrote them;
+    `skip`: folders handled on their own (a mixed fold), and the lock file."""
+    from pipeline.lock import LOCK_NAME
+
+    out = Path(out)
+    skip = tuple(skip)
+    left = []
+    for dirpath, dirnames, filenames in os.walk(out):
+        rel_dir = Path(dirpath).relative_to(out)
+        dirnames[:] = sorted(d for d in dirnames if (rel_dir / d).as_posix() not in skip)
+        left += [(rel_dir / f).as_posix() for f in filenames if (rel_dir / f).as_posix() != LOCK_NAME]
+    return sorted(left)
+
+
+def say_left(what: str, left: list[str], n: int = 5) -> str:
+    """'<what> left 2 files it did not write: a, b' (the first few named), "" when none."""
+    if not left:
+        return ""
+    more = f" and {len(left) - n} more" if len(left) > n else ""
+    return (f"{what} left {len(left)} file{'s' if len(left) > 1 else ''} it cannot prove it wrote, untouched: "
+            + ", ".join(left[:n]) + more)
+
+
+def write_fix(e: OSError) -> str:
+    """What to do about a failed write: a read-only folder or file system (EROFS, EACCES, EPERM) is
+    not a full disk, and "free space" would send a user the wrong way."""
+    import errno
+
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"the output is read-only ({e.strerror}): make it writable or choose another --out, then re-run"
+    return "free space and re-run, it resumes"
+
+
+def foreign_at_our_names(out: Path, shard_names: Iterable[str]) -> list[str]:
+    """Files at names a build or mix would write (fixed names, the planned shards' files and
+    done-files) that `out` does not prove are ours: writing there would replace a user's file."""
+    out = Path(out)
+    if proven_plan(out) is not None:
+        return []
+    names = list(_OUR_NAMES)
+    for name in shard_names:
+        names += [f"{STATE_DIR}/{name}.json", *(f for fmt in FORMAT_DIRS for f in shard_files(name, fmt))]
+    return [n for n in names if (out / n).exists() or (out / n).is_symlink()]
 
 
 def owned_bytes(out: Path) -> int:
@@ -445,8 +533,8 @@ def owned_bytes(out: Path) -> int:
 def remove_temporaries(out: Path) -> int:
     """Delete the `<name>.tmp` files a killed run left beside the files it writes; returns how many.
 
-    Only temporaries of our own file names are touched (owned_files): a user's `thesis.tmp`
-    next to the shards stays, and so does anything a symlink leads to."""
+    Only temporaries of our own file names in a folder our plan proves are touched (owned_files):
+    a user's `thesis.tmp` next to the shards stays, and so does anything a symlink leads to."""
     n = 0
     for rel in sorted(owned_files(out)):
         tmp = Path(out) / (rel + TMP_SUFFIX)
@@ -457,8 +545,8 @@ def remove_temporaries(out: Path) -> int:
 
 
 def remove_outputs(out: Path) -> int:
-    """--overwrite: delete what build-shards / mix-offline wrote under `out` (owned_files and
-    their temporaries), then the folders that this left empty; returns the files deleted.
+    """--overwrite: delete what build-shards / mix-offline can prove it wrote under `out` (owned_files
+    and their temporaries), then the folders that this left empty; returns the files deleted.
 
     Files of others in the same folders stay, and so do their folders."""
     out = Path(out)

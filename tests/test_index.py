@@ -115,14 +115,16 @@ def test_bad_rows_end_in_rejects_with_reason(tmp_path):
     folds = {1: [1, 12], 2: [2, 12], 3: [3], 4: [4], 5: [5]}
     root = make_tree(tmp_path / "dfew", rows, folds, videos=[*range(1, 10), 11, 12, 13, 99])
     res = index_dataset(root, IndexConfig())
-    assert [c["clip_id"] for c in res.clips] == [f"{i:05d}" for i in range(1, 7)]
+    # the first row of a duplicated id is kept, the later one rejected naming both rows
+    assert [c["clip_id"] for c in res.clips] == [*(f"{i:05d}" for i in range(1, 7)), "00011"]
+    assert next(c for c in res.clips if c["clip_id"] == "00011")["votes"] == [5, 5, 0, 0, 0, 0, 0]
     why = {r["clip_id"]: r["error"] for r in res.rejects}
     assert all(r["stage"] == "index" for r in res.rejects)
     assert "missing votes" in why["00007"]
     assert "all votes are zero" in why["00008"]
     assert "negative" in why["00009"]
     assert "no file" in why["00010"]
-    assert "duplicate clip id" in why["00011"] and "[12, 13]" in why["00011"]
+    assert "duplicate clip id" in why["00011"] and "row 12" in why["00011"] and "row 13" in why["00011"]
     assert "two" in why["00012"] or "folds [1, 2]" in why["00012"]
     assert "not numbers" in why["00013"]
     assert res.unannotated == ["00099"]  # a file with no annotation row is skipped and counted

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import yaml
 
 from pipeline.config import StreamConfig, TrainConfig, config_to_dict
-from pipeline.read import open_index
+from pipeline.read import index_sha256s, open_index
 from pipeline.stream import MidasLoader, list_samples, resolve_device
 from train.metrics import classification_metrics, soft_label_metrics
 from train.model import ModelConfig, create_model, use_channels_last
@@ -198,6 +198,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     channels_last = cfg.channels_last and device_kind == "gpu"
     out = Path(cfg.out) / f"fold{cfg.fold}"
     index = open_index(cfg.shards)
+    inputs = index_sha256s(cfg.shards)  # what this run reads: a rewrite during the run is reported
     classes = list(index["classes"])
     sample = index["sample"]
     ckpt_path = out / "last.pt"
@@ -341,7 +342,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             os.replace(tmp, ckpt_path)  # never a half-written checkpoint under the final name
         if world > 1:
             dist.barrier()
-    report = make_report(cfg.fold, arm, history)
+    report = make_report(cfg.fold, arm, history) | {"inputs": inputs}
+    changed = inputs_changed(inputs, index_sha256s(cfg.shards))
+    if changed:
+        report["inputs_changed"] = changed
+        logger.warning("the shards changed while this run read them (%s): its batches may mix two builds; "
+                       "re-run once nothing rewrites %s", "; ".join(changed[:3]), cfg.shards)
     if rank == 0:
         (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     if writer is not None:
@@ -356,6 +362,13 @@ SOFT_KEYS = ("ece", "vote_nll", "vote_kl", "clear_uar", "clear_war", "clear_n", 
 HISTORY_KEYS = ("epoch", "train_loss", "test_uar", "test_war", "test_loss", "test_n", "test_classes_present",
                 *(f"test_{k}" for k in SOFT_KEYS), "val_uar", "val_war", "val_loss", "val_n",
                 *(f"val_{k}" for k in SOFT_KEYS))
+
+
+def inputs_changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """The index.json files whose sha256 differs between the start and the end of a run (or that
+    appeared or went): e.g. mix-offline --overwrite rewrote a fold while the trainer read it."""
+    return [f"{p} {'rewritten' if p in after and p in before else 'removed' if p in before else 'added'}"
+            for p in sorted(set(before) | set(after)) if before.get(p) != after.get(p)]
 
 
 def make_report(fold: int, arm: str, history: list[dict[str, Any]]) -> dict[str, Any]:

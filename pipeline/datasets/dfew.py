@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import IndexConfig
-from pipeline.datasets.records import IndexResult, check_votes, make_clip, make_reject, normalise_id
+from pipeline.datasets.records import (
+    IndexResult,
+    check_votes,
+    clean_id,
+    first_rows,
+    make_clip,
+    make_reject,
+    normalise_id,
+)
 from pipeline.errors import LayoutError
 
 __all__ = ["index_dfew", "read_csv", "VIDEO_EXTENSIONS", "FRAME_EXTENSIONS"]
@@ -196,26 +204,36 @@ def _read_split(path: Path, label_range: range, test: bool = True) -> list[tuple
     return out
 
 
-def _list_sources(clip_dir: Path | None, root: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """{clip_id: relative path} of raw videos and of frame folders."""
+def _list_sources(clip_dir: Path | None, root: Path
+                  ) -> tuple[dict[str, str], dict[str, str], dict[str, list[str]]]:
+    """({clip_id: relative path} of raw videos, of frame folders, {clip_id: files} of ids two
+    differently named files claim, e.g. 00001.mp4 and 1.mp4: which one holds the clip cannot be known)."""
     videos: dict[str, str] = {}
     frames: dict[str, str] = {}
+    clashes: dict[str, list[str]] = {}
     if clip_dir is None:
-        return videos, frames
+        return videos, frames, clashes
+
+    def add(found: dict[str, str], p: Path) -> None:
+        cid, rel = normalise_id(p.stem if p.is_file() else p.name), p.relative_to(root).as_posix()
+        old = found.get(cid)
+        if old is not None and Path(old).stem != (p.stem if p.is_file() else p.name):
+            clashes.setdefault(cid, [old]).append(rel)
+        if old is None or p.is_file() and p.suffix.lower() == ".mp4" and Path(old).stem == p.stem:
+            found[cid] = rel
+
     orig = _child(clip_dir, "original", "videos", "video")
     if orig is not None:
         for p in sorted(orig.iterdir()):
             if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS:
-                cid = normalise_id(p.stem)
-                if cid not in videos or p.suffix.lower() == ".mp4":
-                    videos[cid] = p.relative_to(root).as_posix()
+                add(videos, p)
     frame_dirs = [p for p in sorted(clip_dir.iterdir()) if p.is_dir() and _norm(p.name).startswith("clip")]
     frame_dirs.sort(key=lambda p: _norm(p.name) != "clip224x224")
     if frame_dirs:
         for p in sorted(frame_dirs[0].iterdir()):
             if p.is_dir():
-                frames[normalise_id(p.name)] = p.relative_to(root).as_posix()
-    return videos, frames
+                add(frames, p)
+    return videos, frames, clashes
 
 
 def index_dfew(root: Path, cfg: IndexConfig) -> IndexResult:
@@ -232,7 +250,7 @@ def index_dfew(root: Path, cfg: IndexConfig) -> IndexResult:
     sets, missing_sets = _find_test_sets(root)
     missing += missing_sets
     clip_dir = _child(root, "Clip", "Clips")
-    videos, frames = _list_sources(clip_dir, root)
+    videos, frames, clashes = _list_sources(clip_dir, root)
     if cfg.source in ("videos", "auto") and not videos and (cfg.source == "videos" or not frames):
         missing.append("Clip/original/*.mp4 (raw clips)")
     if cfg.source == "frames" and not frames or cfg.source == "auto" and not videos and not frames:
@@ -294,33 +312,29 @@ def index_dfew(root: Path, cfg: IndexConfig) -> IndexResult:
           "the original DFEW files")
 
     result = IndexResult()
-    seen_rows: dict[str, list[int]] = defaultdict(list)
+    ids: list[tuple[int, str]] = []
     for rownum, row in enumerate(rows[1:], start=2):
         if not row or all(v is None or str(v).strip() == "" for v in row):
             continue
         raw_id = row[id_col] if id_col < len(row) else None
-        if raw_id is None or str(raw_id).strip() == "":
+        if clean_id(raw_id) == "":
             result.rejects.append(make_reject("", "", "index", f"{ann_path.name} row {rownum}: no clip id"))
             continue
-        seen_rows[normalise_id(str(raw_id))].append(rownum)
-
-    duplicated = {cid for cid, rs in seen_rows.items() if len(rs) > 1}
-    for cid in sorted(duplicated):
-        result.rejects.append(
-            make_reject(cid, "", "index", f"duplicate clip id in {ann_path.name} rows {seen_rows[cid]}")
-        )
+        ids.append((rownum, normalise_id(clean_id(raw_id))))
+    duplicate = first_rows(ids)  # the later row of an id is rejected, naming both rows
     annotated: set[str] = set()
-    for rownum, row in enumerate(rows[1:], start=2):
-        if not row or all(v is None or str(v).strip() == "" for v in row):
-            continue
-        raw_id = row[id_col] if id_col < len(row) else None
-        if raw_id is None or str(raw_id).strip() == "":
-            continue
-        cid = normalise_id(str(raw_id))
+    for rownum, cid in ids:
+        row = rows[rownum - 1]
         annotated.add(cid)
-        if cid in duplicated:
+        if rownum in duplicate:
+            result.rejects.append(make_reject(cid, "", "index", f"{ann_path.name} row {rownum}: {duplicate[rownum]}"))
             continue
         kind, source = _pick_source(cid, videos, frames, cfg.source)
+        if source and cid in clashes and source in clashes[cid]:
+            result.rejects.append(make_reject(cid, source, "index", (
+                f"clip {cid!r} has {len(clashes[cid])} files: {' and '.join(clashes[cid])}; which one holds the "
+                "clip cannot be known: remove or rename the wrong one")))
+            continue
         try:
             votes, soft = check_votes([row[c] if c < len(row) else None for c in class_cols], 7)
         except ValueError as e:
@@ -438,8 +452,8 @@ def _annotation_labels(path: Path, rows: list[list[Any]], id_col: int, label_col
         if lab is not None and not 0 <= lab <= 7:
             problems.append(f"row {rownum} (clip {cid!r}): label {value!r}")
             continue
-        # a duplicated id is rejected later with its rows; its labels are not compared with the split files
-        out[cid] = (out[cid][0], None) if cid in out else (rownum, lab)
+        # a duplicated id: its first row is kept (its later rows are rejected with both row numbers)
+        out.setdefault(cid, (rownum, lab))
     _fail(f"{path}: labels outside 0..7", problems,
           "DFEW labels are 1..7 (1happy..7fear) and 0 for a clip with no single label; fix these cells")
     return out

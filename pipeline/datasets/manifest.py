@@ -2,7 +2,8 @@
 
 A CSV or Parquet file with one row per clip:
 
-    path                 video file or frame folder, relative to the manifest's directory
+    path                 video file or frame folder, relative to the manifest's directory (an absolute
+                         path is taken as given)
     <class> x C          one column per class of `index.classes` (votes or probabilities)
     clip_id (optional)   defaults to the path's stem
     part | fold (opt.)   test fold 1..5 the clip belongs to (0 or empty = none)
@@ -22,7 +23,7 @@ from typing import Any
 
 from pipeline.config import IndexConfig
 from pipeline.datasets.dfew import FRAME_EXTENSIONS, VIDEO_EXTENSIONS, read_csv
-from pipeline.datasets.records import IndexResult, check_votes, make_clip, make_reject
+from pipeline.datasets.records import IndexResult, check_votes, clean_id, first_rows, make_clip, make_reject
 from pipeline.errors import LayoutError
 
 __all__ = ["index_manifest"]
@@ -72,19 +73,17 @@ def index_manifest(path: Path, cfg: IndexConfig) -> IndexResult:
     part_col = "part" if "part" in cols else ("fold" if "fold" in cols else None)
     base = path.parent
     result = IndexResult()
-    ids: dict[str, int] = {}
-    for row in rows:
-        ids_key = str(row.get("clip_id") or Path(str(row["path"] or "")).stem)
-        ids[ids_key] = ids.get(ids_key, 0) + 1
-    for rownum, row in enumerate(rows, start=2):
-        rel = str(row["path"] or "").strip()
-        cid = str(row.get("clip_id") or Path(rel).stem).strip()
+    ids = [(rownum, clean_id(row.get("clip_id")) or Path(clean_id(row["path"])).stem)
+           for rownum, row in enumerate(rows, start=2)]
+    duplicate = first_rows(ids)  # one id rule (records.clean_id), counted before anything else
+    for (rownum, cid), row in zip(ids, rows, strict=True):
+        rel = clean_id(row["path"])
         where = f"{path.name} row {rownum}"
         if not cid:
             result.rejects.append(make_reject("", rel, "index", f"{where}: no path or clip_id"))
             continue
-        if ids.get(cid, 0) > 1:
-            result.rejects.append(make_reject(cid, rel, "index", f"{where}: duplicate clip id {cid!r}"))
+        if rownum in duplicate:
+            result.rejects.append(make_reject(cid, rel, "index", f"{where}: {duplicate[rownum]}"))
             continue
         try:
             votes, soft = check_votes([row.get(c) for c in cfg.classes], len(cfg.classes))

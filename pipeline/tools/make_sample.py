@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import logging
 import multiprocessing
 import os
@@ -452,6 +453,30 @@ def _swap_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+SAMPLE_MARKER = ".midas-prep-sample.json"
+
+
+class SampleDirRefused(ValueError):
+    """The folder holds files make-sample did not write: nothing is written there."""
+
+
+def claim_sample_dir(out_dir: Path) -> None:
+    """make-sample writes only into an absent or empty folder, or one holding its own marker
+    (a sample it made before): a real dataset there would be overwritten clip by clip.
+    The marker is written before anything else, so an interrupted run can be re-run."""
+    marker = out_dir / SAMPLE_MARKER
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SampleDirRefused(f"make-sample: {out_dir} is a file, not a folder; nothing was written")
+    if out_dir.is_dir() and not marker.is_file() and any(out_dir.iterdir()):
+        raise SampleDirRefused(f"make-sample: {out_dir} is not empty and was not made by make-sample (no "
+                               f"{SAMPLE_MARKER}); nothing was written: choose an empty or new folder")
+    if marker.is_symlink():
+        raise SampleDirRefused(f"make-sample: {marker} is a symlink; nothing was written")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        _write_atomic(marker, json.dumps({"made_by": "midas-prep make-sample"}).encode())
+
+
 def _draw_votes(rng: np.random.Generator, ambiguous: bool) -> np.ndarray:
     """Ten annotator votes; a clear clip has a >= 6 majority, an ambiguous one cannot."""
     votes = np.zeros(N_CLASSES, dtype=np.int64)
@@ -577,6 +602,7 @@ def make_sample(
     if workers is None:
         workers = min(4, _usable_cpus())
     out_dir = Path(out_dir)
+    claim_sample_dir(out_dir)
     video_root = out_dir / "Clip" / "original"
     frame_root = out_dir / "Clip" / f"clip_{CROP_SIZE}x{CROP_SIZE}"
     ann_dir = out_dir / "Annotation"
