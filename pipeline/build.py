@@ -115,7 +115,8 @@ def process_clip(root: str, clip: dict[str, Any], dcfg: DecodeConfig, acfg: Alig
 
 def _process_clip(root: str, clip: dict[str, Any], dcfg: DecodeConfig, acfg: AlignConfig) -> tuple[dict, Any]:
     try:
-        check_video_size(Path(root), clip)
+        if dcfg.decoder == "decord":
+            check_video_size(Path(root), clip)
         frames = decode_clip(Path(root), clip, dcfg)
         check_frame_size(frames, clip["clip_id"], clip["source"], clip["source_kind"])
         fault_point("build.decoded", clip["clip_id"])

@@ -63,11 +63,14 @@ def decode_video(path: Path, clip_id: str, cfg: DecodeConfig, name: str = "") ->
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise reject(f"cannot open the video: {broken}") from e
+        raise reject(f"cannot open the video: {what_video_is(path) or broken}") from e
     with container:
         if not container.streams.video:
-            raise reject("no video stream in the file")
+            raise reject(f"cannot open the video: {what_video_is(path) or 'no video stream'}")
         stream = container.streams.video[0]
+        if stream.codec_context.width and stream.codec_context.height:  # too small to hold a face: say so
+            check_frame_size(np.empty((1, stream.codec_context.height, stream.codec_context.width, 3), np.uint8),
+                             clip_id, name, "video")
         stream.thread_type = "NONE"  # a frame comes out with (or just after) its packet: skip_frame applies
         listed = stream.frames
         packets = []
@@ -81,7 +84,7 @@ def decode_video(path: Path, clip_id: str, cfg: DecodeConfig, name: str = "") ->
             if listed <= len(packets):
                 raise reject(f"cannot read the file after {len(packets)} frames: {broken}") from e
         if not packets:
-            raise reject("video has no frames")
+            raise reject("cannot open the video: an empty container (a 0-frame video)")
         if listed > len(packets):
             raise reject(f"file truncated: {len(packets)} of the {listed} frames it lists are in the file "
                          f"(size {size} bytes)")
@@ -217,7 +220,7 @@ def _decord() -> object:
 
 
 def what_video_is(path: Path) -> str:
-    """Why a file decord cannot open is not a video, when PyAV can tell ("" when it cannot): an
+    """Why a file the decoder cannot open is not a video, when PyAV can tell ("" when it cannot): an
     empty container (0 frames) and an audio-only file are not "truncated or corrupt"."""
     try:
         import av
@@ -247,8 +250,9 @@ MIN_SIDE = 24  # pixels: a face detector (and a 112-pixel crop) needs more than 
 
 
 def check_video_size(root: Path, clip: dict) -> None:
-    """Reject a video too small to hold a face before decoding it (decord fails on some, and the
-    reason would read "truncated or corrupt"): its size from the container header (PyAV)."""
+    """Reject a video too small to hold a face before decord decodes it (decord fails on some, and the
+    reason would read "truncated or corrupt"): its size from the container header (PyAV). The PyAV
+    decoder checks the header it opens itself."""
     if clip["source_kind"] != "video":
         return
     try:
