@@ -52,134 +52,307 @@ sys.path.insert(0, CODE)
 
 DFEW_CLIPS = 16_372
 ASTRONAUT_FACE = (177, 56, 95, 120)  # x, y, w, h of the face in skimage.data.astronaut()
-LARGE_SIZES = [(1280, 720), (1024, 576), (960, 540), (854, 480)]
 OLD = {"align.roi_size": 0, "align.detect_max_side": 640}  # the config whose bytes the code before tracking wrote
 
 
 # ---------------------------------------------------------------------------------------------- datasets
 
+# The bench's own DFEW-like sets, by kind: frame sizes (w, h) and their odds, codecs and their odds
+# (libx264 with the encoder options `x264`, None = x264's defaults: preset medium, crf 23, keyint 250,
+# 3 B-frames, mb-tree; mpeg4 at ~0.1 bit per pixel, libavcodec's GOP of 12, no B-frames), frame rates
+# and their odds, clip length (s), face height (the astronaut's detector box) as a share of the frame
+# height, the share of clips showing no face (at least one), and whether the last clip is truncated.
+SUPERFAST = {"preset": "superfast", "crf": "23", "x264-params": "threads=1:lookahead-threads=1:mbtree=0"}
+SPECS: dict[str, dict[str, Any]] = {
+    # DFEW's originals: movie clips, 720p H.264 from x264 at its defaults (long GOP, B-frames)
+    "orig": {"sizes": {(1280, 720): 1.0}, "codecs": {"libx264": 1.0}, "fps": {25: 1.0}, "seconds": (2.0, 5.0),
+             "face": (0.15, 0.5), "no_face": 0.05, "x264": None, "corrupt": False},
+    # what users bring besides: 360p..1080p, H.264 and MPEG-4, 25/30 fps, faces of every size
+    "mixed": {"sizes": {(640, 360): 0.2, (854, 480): 0.2, (960, 540): 0.15, (1280, 720): 0.25, (1920, 1080): 0.2},
+              "codecs": {"libx264": 0.6, "mpeg4": 0.4}, "fps": {25: 0.5, 30: 0.5}, "seconds": (2.0, 5.0),
+              "face": (0.1, 0.5), "no_face": 0.07, "x264": None, "corrupt": False},
+    # the set of issue 17 (`--large`): 480p..720p, x264 superfast, a truncated last clip
+    "large": {"sizes": {(1280, 720): 0.4, (1024, 576): 0.2, (960, 540): 0.2, (854, 480): 0.2},
+              "codecs": {"libx264": 1.0}, "fps": {25: 0.7, 30: 0.3}, "seconds": (2.0, 5.0), "face": (0.2, 0.4),
+              "no_face": 0.05, "x264": SUPERFAST, "corrupt": True},
+}
+BACKGROUNDS = ("gradient", "gradient", "coffee", "rocket")  # behind a face: a plain scene or a photo
 
-def make_sets(out: Path, clips: int, small: int, large: int) -> dict[str, Path]:
-    from pipeline.tools.make_sample import make_sample
 
+def make_sets(out: Path, clips: int, small: int, large: int = 0, orig: int = 0, mixed: int = 0,
+              only: list[str] | None = None) -> dict[str, Path]:
+    """The chosen sets under `out` (made once, reused after): make-sample's `small` and `clips` clips and
+    the bench's own kinds (SPECS); `only` lists set names (sample30, orig260) or kinds (orig) to keep."""
+    wanted = [(f"sample{small}", "sample", small), (f"sample{clips}", "sample", clips),
+              (f"orig{orig}", "orig", orig), (f"mixed{mixed}", "mixed", mixed), (f"large{large}", "large", large)]
     sets = {}
-    for name, n in ((f"sample{small}", small), (f"sample{clips}", clips)):
+    for name, kind, n in wanted:
+        if not n or (only and name not in only and kind not in only) or name in sets:
+            continue
         root = out / name
-        if not (root / "Annotation").exists():
-            t = time.perf_counter()
+        t = time.perf_counter()
+        if kind == "sample" and not (root / "Annotation").exists():
+            from pipeline.tools.make_sample import make_sample
+
             make_sample(root, clips=n, seed=0, with_frames=False)
-            print(f"make-sample {n} clips: {time.perf_counter() - t:.1f} s", flush=True)
+        elif kind != "sample" and not (root / "truth.json").exists():
+            make_large(root, n, seed=0, kind=kind)
+        else:
+            sets[name] = root
+            continue
+        print(f"{name}: made in {time.perf_counter() - t:.1f} s", flush=True)
         sets[name] = root
-    if large:
-        root = out / f"large{large}"
-        if not (root / "truth.json").exists():
-            t = time.perf_counter()
-            make_large(root, large)
-            print(f"large set {large} clips: {time.perf_counter() - t:.1f} s", flush=True)
-        sets[f"large{large}"] = root
     return sets
 
 
 @functools.cache
-def _face_source() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(RGB crop around the astronaut's face, its feathered alpha, its two eyes (x, y) in the crop)."""
+def _pictures() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """RGBA pictures (uint8) and their alpha (float32): the head-and-shoulders crop of the astronaut
+    (face box at ASTRONAUT_FACE - (x0, y0), the origin in PICTURE_ORIGIN), and coffee and rocket whole."""
     import skimage.data
 
     img = skimage.data.astronaut()
+    x0, y0 = PICTURE_ORIGIN
     fx, fy, fw, fh = ASTRONAUT_FACE
-    x0, x1 = max(0, int(fx - 1.1 * fw)), min(img.shape[1], int(fx + 2.1 * fw))
-    y0, y1 = max(0, int(fy - 0.6 * fh)), min(img.shape[0], int(fy + 2.1 * fh))
-    rgb = np.ascontiguousarray(img[y0:y1, x0:x1])
-    h, w = rgb.shape[:2]
-    ramp = lambda n: np.clip(np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.12 * n), 0, 1)  # noqa: E731
-    a = np.minimum.outer(ramp(h), ramp(w))
-    alpha = (a * a * (3 - 2 * a)).astype(np.float32)
-    eyes = reference_landmarks(rgb[None], [(0, 0, w, h)], context=1.0, size=512)[0][:2]
-    return rgb, alpha, eyes
+    x1, y1 = min(img.shape[1], int(fx + 2.1 * fw)), min(img.shape[0], int(fy + 2.1 * fh))
+    out = {}
+    for name, rgb in (("face", img[y0:y1, x0:x1]), ("coffee", skimage.data.coffee()),
+                      ("rocket", skimage.data.rocket())):
+        h, w = rgb.shape[:2]
+        ramp = lambda n: np.clip(np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.12 * n), 0, 1)  # noqa: E731
+        a = np.minimum.outer(ramp(h), ramp(w))
+        alpha = (a * a * (3 - 2 * a)).astype(np.float32)  # feathered: no hard, detector-bait edges
+        rgba = np.dstack([rgb[..., :3], np.full((h, w), 255, np.uint8)])
+        out[name] = (np.ascontiguousarray(rgba), alpha)
+    return out
 
 
-def _render_large(path: Path, number: int, seed: int) -> dict[str, Any]:
-    """One 2-5 s clip of the face moving, turning and zooming smoothly over a textured background;
-    -> its size, fps and every frame's true eyes (x, y), native pixels."""
+PICTURE_ORIGIN = (max(0, int(ASTRONAUT_FACE[0] - 1.1 * ASTRONAUT_FACE[2])),
+                  max(0, int(ASTRONAUT_FACE[1] - 0.6 * ASTRONAUT_FACE[3])))
+
+
+def face_eyes() -> np.ndarray:
+    """The two eyes (x, y) of the face picture: RetinaFace on it at 512 px and on its mirror, averaged
+    (computed once, in the parent, and handed to the renderers)."""
+    rgba, _ = _pictures()["face"]
+    h, w = rgba.shape[:2]
+    return reference_landmarks(np.ascontiguousarray(rgba[None, ..., :3]), [(0, 0, w, h)], context=1.0,
+                               size=512)[0][:2]
+
+
+def _pick(rng: np.random.Generator, odds: dict[Any, float]) -> Any:
+    keys = list(odds)
+    return keys[int(rng.choice(len(keys), p=np.asarray(list(odds.values())) / sum(odds.values())))]
+
+
+def _draw_clip(kind: str, number: int, seed: int, face: bool) -> dict[str, Any]:
+    """One clip's format and motion, from its own (seed, number) generator."""
+    spec = SPECS[kind]
+    rng = np.random.default_rng([seed, number])
+    width, height = _pick(rng, spec["sizes"])
+    fps = _pick(rng, spec["fps"])
+    clip = {"number": number, "kind": kind, "width": width, "height": height, "fps": fps,
+            "codec": _pick(rng, spec["codecs"]), "frames": int(round(rng.uniform(*spec["seconds"]) * fps)),
+            "face": face, "picture": "face" if face else ("coffee" if number % 2 else "rocket"),
+            "background": BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], "seed": seed,
+            "mirror": bool(rng.random() < 0.5), "gain": float(rng.uniform(0.55, 1.15)),
+            "pan": [float(v) for v in rng.uniform(-0.04, 0.04, 2)]}
+    if face:
+        fw, fh = ASTRONAUT_FACE[2:]
+        s0 = rng.uniform(*spec["face"]) * height / fh
+        s1 = s0 * rng.uniform(0.85, 1.15)
+        a0 = rng.uniform(-15, 15)
+        half = 0.65 * max(s0, s1) * np.hypot(fw, fh)  # the face box stays in the frame, turned or not
+        cx0 = rng.uniform(half, max(half, width - half))
+        cy0 = rng.uniform(half, max(half, height - half))
+        clip.update(scale=(s0, s1), angle=(a0, a0 + rng.uniform(-10, 10)), centre=(
+            (cx0, float(np.clip(cx0 + rng.uniform(-0.15, 0.15) * width, half, max(half, width - half)))),
+            (cy0, float(np.clip(cy0 + rng.uniform(-0.1, 0.1) * height, half, max(half, height - half))))),
+            wobble=[float(v) for v in rng.uniform(0, 2 * np.pi, 2)])
+    else:  # a non-face photo filling the frame, zooming slowly
+        clip.update(scale=(1.0, rng.uniform(1.0, 1.1)))
+    return clip
+
+
+def _scene(clip: dict[str, Any], margin: tuple[int, int]) -> np.ndarray:
+    """The clip's background (RGBA, uint8), `margin` px larger on each side for the camera pan."""
+    import cv2
+
+    w, h = clip["width"] + 2 * margin[0], clip["height"] + 2 * margin[1]
+    rng = np.random.default_rng([clip["seed"], clip["number"], 1])
+    if clip["face"] and clip["background"] == "gradient":
+        c0, c1 = rng.integers(20, 236, 3).astype(np.float32), rng.integers(20, 236, 3).astype(np.float32)
+        d = rng.uniform(0, 2 * np.pi)
+        t = np.add.outer(np.linspace(0, np.sin(d), h, dtype=np.float32), np.linspace(0, np.cos(d), w, dtype=np.float32))
+        t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
+        noise = cv2.resize(rng.normal(0, 18, (h // 16 + 1, w // 16 + 1, 3)).astype(np.float32), (w, h),
+                           interpolation=cv2.INTER_CUBIC)
+        rgb = np.clip(c0 + t[..., None] * (c1 - c0) + noise, 0, 255).astype(np.uint8)
+    else:  # a photo covering the frame (the no-face clips' picture, or a face's backdrop)
+        name = clip["picture"] if not clip["face"] else clip["background"]
+        pic = _pictures()[name][0][..., :3]
+        k = max(w / pic.shape[1], h / pic.shape[0]) * (clip["scale"][1] if not clip["face"] else 1.0)
+        big = cv2.resize(pic, (int(np.ceil(pic.shape[1] * k)), int(np.ceil(pic.shape[0] * k))),
+                         interpolation=cv2.INTER_LINEAR)
+        y, x = (big.shape[0] - h) // 2, (big.shape[1] - w) // 2
+        rgb = big[y:y + h, x:x + w]
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2RGBA)
+
+
+def _render_large(path: Path, number: int, seed: int, kind: str = "orig", subject: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Render and encode one clip of kind `kind` to `path` (written under a temporary name, then renamed):
+    the face picture (`subject`: {"eyes": its two eyes} from face_eyes(); None: a clip with no face)
+    moving, turning and zooming slowly in front of a slowly panning scene; -> its size, codec, fps,
+    frame count and every frame's true eyes (x, y), native pixels (no "eyes" without a face).
+
+    Fast because the compositing is small: the scene behind the face is pulled back to the picture's
+    resolution and blended there, and only the box the face covers is warped into the frame (the way
+    make-sample renders); everything is RGBA (OpenCV is faster on 4 channels than on 3)."""
     from fractions import Fraction
 
     import av
     import cv2
 
     cv2.setNumThreads(1)
-    rng = np.random.default_rng([seed, number])
-    width, height = LARGE_SIZES[int(rng.choice(len(LARGE_SIZES), p=[0.4, 0.2, 0.2, 0.2]))]
-    fps = 30 if rng.random() < 0.3 else 25
-    frames = int(round(rng.uniform(2.0, 5.0) * fps))
-    rgb, alpha, eyes = _face_source()
-    sh, sw = rgb.shape[:2]
-    face_h = rng.uniform(0.2, 0.4) * height  # the face box's height in the frame
-    s0 = face_h / ASTRONAUT_FACE[3]
-    s1 = s0 * rng.uniform(0.85, 1.15)
-    a0 = rng.uniform(-15, 15)
-    a1 = a0 + rng.uniform(-10, 10)
-    half = 0.65 * max(s0, s1) * np.hypot(*ASTRONAUT_FACE[2:])  # the face stays in the frame, turned or not
-    cx0, cy0 = rng.uniform(half, width - half), rng.uniform(half, height - half)
-    cx1 = float(np.clip(cx0 + rng.uniform(-0.15, 0.15) * width, half, width - half))
-    cy1 = float(np.clip(cy0 + rng.uniform(-0.1, 0.1) * height, half, height - half))
-    wobble = rng.uniform(0, 2 * np.pi, 3)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    c0, c1 = rng.integers(20, 236, 3).astype(np.float32), rng.integers(20, 236, 3).astype(np.float32)
-    t = (xx / width * np.cos(wobble[0]) + yy / height * np.sin(wobble[0]))[..., None]
-    t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
-    noise = cv2.resize(rng.normal(0, 18, (height // 16 + 1, width // 16 + 1, 3)).astype(np.float32),
-                       (width, height), interpolation=cv2.INTER_CUBIC)
-    bg = np.clip(c0 + t * (c1 - c0) + noise, 0, 255).astype(np.uint8)
-    fx, fy, fw, fh = ASTRONAUT_FACE
-    fc = (fw / 2 + fx - max(0, int(fx - 1.1 * fw)), fh / 2 + fy - max(0, int(fy - 0.6 * fh)))
-    truth = []
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
+    clip = _draw_clip(kind, number, seed, subject is not None)
+    width, height, fps, frames = clip["width"], clip["height"], clip["fps"], clip["frames"]
+    margin = (int(np.ceil(abs(clip["pan"][0]) * width)) + 2, int(np.ceil(abs(clip["pan"][1]) * height)) + 2)
+    scene = _scene(clip, margin)
+    truth: dict[str, Any] = {k: clip[k] for k in ("width", "height", "fps", "frames", "codec")}
+    truth["face"] = subject is not None
+    if subject is not None:
+        rgba, alpha = _pictures()["face"]
+        eyes = np.asarray(subject["eyes"], np.float64)
+        if clip["mirror"]:  # a mirrored picture: its eyes mirrored, the left one (in the image) first
+            rgba, alpha = np.ascontiguousarray(rgba[:, ::-1]), np.ascontiguousarray(alpha[:, ::-1])
+            eyes = np.array([[rgba.shape[1] - 1 - eyes[1, 0], eyes[1, 1]],
+                             [rgba.shape[1] - 1 - eyes[0, 0], eyes[0, 1]]])
+        rgba = cv2.convertScaleAbs(rgba, alpha=clip["gain"])  # lit brighter or darker
+        rgba[..., 3] = 255
+        inv_alpha = 1.0 - alpha
+        sh, sw = rgba.shape[:2]
+        corners = np.array([[0, 0, 1], [sw, 0, 1], [0, sh, 1], [sw, sh, 1]], np.float64)
+        fx, fy, fw, fh = ASTRONAUT_FACE
+        fcx = fx + fw / 2 - PICTURE_ORIGIN[0]
+        fc = (sw - 1 - fcx if clip["mirror"] else fcx, fy + fh / 2 - PICTURE_ORIGIN[1])
+        truth["eyes"] = []
+    tmp = path.with_name(f".{path.name}.tmp")
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream(clip["codec"], rate=fps)
         ctx = stream.codec_context
         ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
         ctx.time_base = Fraction(1, fps)
-        ctx.thread_count = 1
-        ctx.options = {"preset": "superfast", "crf": "23", "x264-params": "threads=1:lookahead-threads=1:mbtree=0"}
+        ctx.thread_count = 1  # two renderers on two cores; threads do not change the GOP or B-frames
+        if clip["codec"] == "libx264":
+            if SPECS[kind]["x264"]:
+                ctx.options = dict(SPECS[kind]["x264"])
+        else:
+            ctx.bit_rate = int(0.1 * width * height * fps)
         for i in range(frames):
             u = i / max(1, frames - 1)
             ease = 0.5 - 0.5 * np.cos(np.pi * u)  # smooth start and stop, like a head turning
-            scale = (1 - ease) * s0 + ease * s1
-            angle = (1 - ease) * a0 + ease * a1 + 2.0 * np.sin(2 * np.pi * u + wobble[1])
-            cx = (1 - ease) * cx0 + ease * cx1 + 0.01 * width * np.sin(3 * np.pi * u + wobble[2])
-            cy = (1 - ease) * cy0 + ease * cy1
-            m = cv2.getRotationMatrix2D(fc, float(angle), float(scale))
-            m[0, 2] += cx - fc[0]
-            m[1, 2] += cy - fc[1]
-            warped = cv2.warpAffine(rgb, m, (width, height), flags=cv2.INTER_LINEAR)
-            a = cv2.warpAffine(alpha, m, (width, height), flags=cv2.INTER_LINEAR)[..., None]
-            frame = (a * warped + (1 - a) * bg).astype(np.uint8)
-            truth.append((eyes @ m[:, :2].T + m[:, 2]).tolist())
-            vf = av.VideoFrame.from_ndarray(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+            ox = int(round(margin[0] + clip["pan"][0] * width * (2 * ease - 1)))
+            oy = int(round(margin[1] + clip["pan"][1] * height * (2 * ease - 1)))
+            frame = scene[oy:oy + height, ox:ox + width].copy()
+            if subject is not None:
+                s0, s1 = clip["scale"]
+                a0, a1 = clip["angle"]
+                (cx0, cx1), (cy0, cy1) = clip["centre"]
+                scale = (1 - ease) * s0 + ease * s1
+                angle = (1 - ease) * a0 + ease * a1 + 2.0 * np.sin(2 * np.pi * u + clip["wobble"][0])
+                cx = (1 - ease) * cx0 + ease * cx1 + 0.01 * width * np.sin(3 * np.pi * u + clip["wobble"][1])
+                cy = (1 - ease) * cy0 + ease * cy1
+                m = cv2.getRotationMatrix2D(fc, float(angle), float(scale))
+                m[0, 2] += cx - fc[0]
+                m[1, 2] += cy - fc[1]
+                truth["eyes"].append((eyes @ m[:, :2].T + m[:, 2]).tolist())
+                back = cv2.invertAffineTransform(m)
+                back[:, 2] += (ox, oy)  # picture -> scene pixels
+                behind = cv2.warpAffine(scene, back, (sw, sh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                comp = cv2.blendLinear(rgba, behind, alpha, inv_alpha)
+                hull = corners @ m.T
+                x0, y0 = max(0, int(np.floor(hull[:, 0].min()))), max(0, int(np.floor(hull[:, 1].min())))
+                x1 = min(width, int(np.ceil(hull[:, 0].max())) + 1)
+                y1 = min(height, int(np.ceil(hull[:, 1].max())) + 1)
+                if x1 > x0 and y1 > y0:
+                    m_roi = m.copy()
+                    m_roi[:, 2] -= (x0, y0)
+                    cv2.warpAffine(comp, m_roi, (x1 - x0, y1 - y0), dst=frame[y0:y1, x0:x1], flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_TRANSPARENT)
+            vf = av.VideoFrame.from_ndarray(cv2.cvtColor(frame, cv2.COLOR_RGBA2YUV_I420), format="yuv420p")
             vf.pts = i
             vf.time_base = ctx.time_base
             for packet in stream.encode(vf):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    return {"width": width, "height": height, "fps": fps, "frames": frames, "eyes": truth}
+    os.replace(tmp, path)
+    return truth
 
 
-def make_large(root: Path, n: int, seed: int = 0) -> None:
-    """make-sample's layout and annotations (its no-face and truncated clips kept), with every face
-    clip replaced by a larger, longer one; truth.json records each frame's true eyes."""
+def _write_layout(root: Path, n: int, seed: int) -> None:
+    """DFEW's annotation workbook and the 5 fold splits for clips 1..n (make-sample's votes and layout)."""
+    from pipeline.tools import make_sample as ms
+
+    rng = np.random.default_rng([seed, n, 2])
+    ambiguous = set(int(i) for i in rng.choice(np.arange(1, n + 1), size=round(0.3 * n), replace=False))
+    votes = [ms._draw_votes(rng, i in ambiguous) for i in range(1, n + 1)]
+    labels = [ms._label(v) for v in votes]
+    split = root / "EmoLabel_DataSplit"
+    for d in (root / "Annotation", split / "train(single-labeled)", split / "test(single-labeled)"):
+        d.mkdir(parents=True, exist_ok=True)
+    ms._write_atomic(root / "Annotation" / "annotation.xlsx", ms._annotation_xlsx(votes, labels))
+    single = [(i, lab) for i, lab in enumerate(labels, start=1) if lab != 0]
+    order = rng.permutation(len(single))
+    folds = [[single[j] for j in order[k::ms.N_FOLDS]] for k in range(ms.N_FOLDS)]
+    for k, test in enumerate(folds, start=1):
+        train = [row for row in single if row not in set(test)]
+        ms._write_atomic(split / "test(single-labeled)" / f"set_{k}.csv", ms._split_csv(test))
+        ms._write_atomic(split / "train(single-labeled)" / f"set_{k}.csv", ms._split_csv(train))
+
+
+def make_large(root: Path, n: int, seed: int = 0, kind: str = "orig") -> None:
+    """A DFEW-layout set of `n` clips of kind `kind` (SPECS): Annotation/annotation.xlsx,
+    EmoLabel_DataSplit/{train,test}(single-labeled)/set_K.csv and Clip/original/NNNNN.mp4, and
+    truth.json (written last: the set is complete) with each clip's format and every frame's true eyes.
+
+    Two spawned renderers (a forked child of a process that ran OpenCV or onnxruntime threads can
+    hang), the longest clips first; a clip already rendered by an interrupted run (its mp4 and its
+    .truth/NNNNN.json) is kept."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline.tools.make_sample import make_sample
-
-    summary = make_sample(root, clips=n, seed=seed, with_frames=False)
-    keep = set(summary.no_face) | set(summary.corrupt)
-    ids = [f"{i:05d}" for i in range(1, n + 1) if f"{i:05d}" not in keep]
-    # spawn: a forked child of a process that ran OpenCV or onnxruntime threads can hang
+    spec = SPECS[kind]
+    video, parts = root / "Clip" / "original", root / ".truth"
+    video.mkdir(parents=True, exist_ok=True)
+    parts.mkdir(exist_ok=True)
+    _write_layout(root, n, seed)
+    rng = np.random.default_rng([seed, n, 3])
+    no_face = set(int(i) for i in rng.choice(np.arange(2, n + 1), size=max(1, round(spec["no_face"] * n)),
+                                             replace=False))
+    subject = {"eyes": face_eyes().tolist()}
+    todo = []
+    for number in range(1, n + 1):
+        cid = f"{number:05d}"
+        if not ((video / f"{cid}.mp4").exists() and (parts / f"{cid}.json").exists()):
+            c = _draw_clip(kind, number, seed, number not in no_face)
+            todo.append((c["frames"] * c["width"] * c["height"], number))
+    todo.sort(reverse=True)
+    t0, done = time.perf_counter(), 0
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {cid: pool.submit(_render_large, root / "Clip/original" / f"{cid}.mp4", int(cid), seed)
-                   for cid in ids}
-        truth = {cid: f.result() for cid, f in futures.items()}
+        futures = {number: pool.submit(_render_large, video / f"{number:05d}.mp4", number, seed, kind,
+                                       None if number in no_face else subject) for _, number in todo}
+        for number, f in futures.items():
+            (parts / f"{number:05d}.json").write_text(json.dumps(f.result()))
+            done += 1
+            if done % 20 == 0:
+                print(f"  {root.name}: {done}/{len(todo)} clips rendered, {time.perf_counter() - t0:.0f} s", flush=True)
+    truth = {f"{i:05d}": json.loads((parts / f"{i:05d}.json").read_text()) for i in range(1, n + 1)}
+    if spec["corrupt"]:  # the last clip truncated to 300 bytes, as make-sample does
+        last = video / f"{n:05d}.mp4"
+        last.write_bytes(last.read_bytes()[:300])
+        truth.pop(f"{n:05d}")
     (root / "truth.json").write_text(json.dumps(truth))
 
 
