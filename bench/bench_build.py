@@ -61,20 +61,22 @@ OLD = {"align.roi_size": 0, "align.detect_max_side": 640}  # the config whose by
 # (libx264 with the encoder options `x264`, None = x264's defaults: preset medium, crf 23, keyint 250,
 # 3 B-frames, mb-tree; mpeg4 at ~0.1 bit per pixel, libavcodec's GOP of 12, no B-frames), frame rates
 # and their odds, clip length (s), face height (the astronaut's detector box) as a share of the frame
-# height, the share of clips showing no face (at least one), and whether the last clip is truncated.
+# height, the share of clips showing no face (at least one), the camera's pan over the clip (largest
+# share of the frame size; 0: a fixed camera, and x264 encodes such clips ~30% faster), and whether the
+# last clip is truncated.
 SUPERFAST = {"preset": "superfast", "crf": "23", "x264-params": "threads=1:lookahead-threads=1:mbtree=0"}
 SPECS: dict[str, dict[str, Any]] = {
     # DFEW's originals: movie clips, 720p H.264 from x264 at its defaults (long GOP, B-frames)
     "orig": {"sizes": {(1280, 720): 1.0}, "codecs": {"libx264": 1.0}, "fps": {25: 1.0}, "seconds": (2.0, 5.0),
-             "face": (0.15, 0.5), "no_face": 0.05, "x264": None, "corrupt": False},
+             "face": (0.15, 0.5), "no_face": 0.05, "pan": 0.0, "x264": None, "corrupt": False},
     # what users bring besides: 360p..1080p, H.264 and MPEG-4, 25/30 fps, faces of every size
     "mixed": {"sizes": {(640, 360): 0.2, (854, 480): 0.2, (960, 540): 0.15, (1280, 720): 0.25, (1920, 1080): 0.2},
               "codecs": {"libx264": 0.6, "mpeg4": 0.4}, "fps": {25: 0.5, 30: 0.5}, "seconds": (2.0, 5.0),
-              "face": (0.1, 0.5), "no_face": 0.07, "x264": None, "corrupt": False},
+              "face": (0.1, 0.5), "no_face": 0.07, "pan": 0.04, "x264": None, "corrupt": False},
     # the set of issue 17 (`--large`): 480p..720p, x264 superfast, a truncated last clip
     "large": {"sizes": {(1280, 720): 0.4, (1024, 576): 0.2, (960, 540): 0.2, (854, 480): 0.2},
               "codecs": {"libx264": 1.0}, "fps": {25: 0.7, 30: 0.3}, "seconds": (2.0, 5.0), "face": (0.2, 0.4),
-              "no_face": 0.05, "x264": SUPERFAST, "corrupt": True},
+              "no_face": 0.05, "pan": 0.0, "x264": SUPERFAST, "corrupt": True},
 }
 BACKGROUNDS = ("gradient", "gradient", "coffee", "rocket")  # behind a face: a plain scene or a photo
 
@@ -156,7 +158,7 @@ def _draw_clip(kind: str, number: int, seed: int, face: bool) -> dict[str, Any]:
             "face": face, "picture": "face" if face else ("coffee" if number % 2 else "rocket"),
             "background": BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], "seed": seed,
             "mirror": bool(rng.random() < 0.5), "gain": float(rng.uniform(0.55, 1.15)),
-            "pan": [float(v) for v in rng.uniform(-0.04, 0.04, 2)]}
+            "pan": [float(v) * spec["pan"] for v in rng.uniform(-1, 1, 2)]}
     if face:
         fw, fh = ASTRONAUT_FACE[2:]
         s0 = rng.uniform(*spec["face"]) * height / fh
@@ -460,30 +462,30 @@ def run_naive(code: str, root: Path) -> dict[str, Any]:
 
 
 def bench_speed(sets: dict[str, Path], out: Path, before: str, repeat: int, worker_counts: list[int],
-                repeat_small: int) -> list[str]:
+                repeat_small: int, small: list[str], main: str = "") -> list[str]:
+    """Every set with 1 and 2 workers, after and before alternately; the naive anchor on the `small` sets
+    (the few-dozen-clip jobs) and each one's "x naive"; `main`'s after runs write shards_w<N> (what
+    bench_mix.py and bench_loader.py read)."""
     codes = {"after": CODE} | ({"before": before} if before else {})
     rows: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
-    names = list(sets)
-    small, main = names[0], names[min(1, len(names) - 1)]
     for i in range(max(repeat, repeat_small)):
         for name, root in sets.items():
-            if i >= (repeat_small if name == small else repeat):
+            if i >= (repeat_small if name in small else repeat):
                 continue
             for workers in worker_counts:
                 for label, code in codes.items():  # alternate, so load changes hit both
-                    # the main set's output as before (bench_mix.py and bench_loader.py read shards_w2)
                     mine = (label, name) == ("after", main)
                     dest = f"shards_w{workers}" if mine else f"shards_{label}_{name}_w{workers}"
                     r = run_cli(code, root, out / dest, workers)
                     rows.setdefault((name, workers, label), []).append(r)
                     print(f"  {label:6s} {name:10s} w{workers}: {r['wall']:.1f} s", flush=True)
-    naive = [run_naive(CODE, sets[small]) for _ in range(repeat)]
+    naive = {name: [run_naive(CODE, sets[name]) for _ in range(repeat)] for name in sets if name in small}
     lines = [
         "| set | workers | code | clips (written) | wall s (incl. start-up; median of runs) | clips/s | "
         "DFEW 16,372 clips | peak RSS per worker (MB) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (name, workers, label), runs in rows.items():
+    for (name, workers, label), runs in sorted(rows.items(), key=lambda kv: (list(sets).index(kv[0][0]), kv[0][1])):
         wall = float(np.median([r["wall"] for r in runs]))
         s = runs[0]["summary"]
         rate = s["processed"] / wall
@@ -491,13 +493,14 @@ def bench_speed(sets: dict[str, Path], out: Path, before: str, repeat: int, work
         lines.append(f"| {name} | {workers} | {label} | {s['processed']} ({s['written']}) | {wall:.1f} ({walls}) | "
                      f"{rate:.2f} | "
                      f"{DFEW_CLIPS / rate / 60:.0f} min | {max(r['rss'] for r in runs) / 2**20:.0f} |")
-    nwall = float(np.median([r["wall"] for r in naive]))
-    lines += ["", f"Naive anchor on {small} (one process, start-up included; decode every frame, detect on every "
-              f"full-size frame): {nwall:.1f} s, {naive[0]['kept']} clips kept."]
-    for label in codes:
-        ours = float(np.median([r["wall"] for r in rows[(small, max(worker_counts), label)]]))
-        lines.append(f"- {label}: `build-shards --workers {max(worker_counts)}` on {small} takes {ours:.1f} s "
-                     f"(median): {nwall / ours:.1f}x faster than the naive anchor.")
+    for name, runs in naive.items():
+        nwall = float(np.median([r["wall"] for r in runs]))
+        lines += ["", f"Naive anchor on {name} (one process, start-up included; decode every frame, detect on every "
+                  f"full-size frame): {nwall:.1f} s, {runs[0]['kept']} clips kept."]
+        for label in codes:
+            ours = float(np.median([r["wall"] for r in rows[(name, max(worker_counts), label)]]))
+            lines.append(f"- {label}: `build-shards --workers {max(worker_counts)}` on {name} takes {ours:.1f} s "
+                         f"(median): {nwall / ours:.1f}x naive.")
     return lines
 
 
@@ -667,10 +670,12 @@ def run_profile(code: str, root: Path, out: Path, workers: int) -> dict[str, Any
     return doc | {"stages": workers_acc}
 
 
-def bench_profile(sets: dict[str, Path], out: Path, before: str) -> list[str]:
+def bench_profile(sets: dict[str, Path], out: Path, before: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """The per-stage table of every set but `skip` (the make-sample small job: too few clips to say much)."""
     lines: list[str] = []
-    for name in list(sets)[1:]:
-        lines += _profile_table(name, sets[name], out, before) + [""]
+    for name in sets:
+        if name not in skip:
+            lines += _profile_table(name, sets[name], out, before) + [""]
     return lines
 
 
@@ -765,8 +770,27 @@ def _clip_metrics(eyes: np.ndarray, size: int) -> dict[str, float]:
             "eye error (px)": float(np.linalg.norm(eyes - tm, axis=2).mean())}
 
 
-def bench_quality(sets: dict[str, Path], limit: int) -> list[str]:
-    import decord
+def parse_quality_configs(text: str) -> dict[str, dict[str, Any]]:
+    """`--quality-configs`: configs separated by ';', each `label` or `label:key=value,key=value` (build
+    config overrides, as --set takes them); the label `old` alone means OLD (the bytes of the code before
+    tracking), `defaults` alone the defaults."""
+    import yaml
+
+    configs: dict[str, dict[str, Any]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        label, _, rest = part.partition(":")
+        if not rest and label == "old":
+            label, overrides = "old (roi_size=0, detect_max_side=640)", dict(OLD)
+        else:
+            overrides = {k.strip(): yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
+        configs[label] = overrides
+    return configs
+
+
+def bench_quality(sets: dict[str, Path], limit: int, configs: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """Each config's alignment of each set's first `limit` clips (configs: label -> build overrides;
+    default: OLD against the defaults); against the truth of the bench's own sets too (truth.json)."""
+    import cv2  # noqa: F401 - before anything that may import decord
 
     from pipeline.align import get_detector, track_face
     from pipeline.config import AlignConfig, BuildConfig, load_config
@@ -774,8 +798,8 @@ def bench_quality(sets: dict[str, Path], limit: int) -> list[str]:
     from pipeline.errors import ClipRejected
     from pipeline.index import index_dataset
 
-    configs = {"before (roi_size=0, detect_max_side=640)": load_config(BuildConfig, None, dict(OLD)).align,
-               "after (defaults)": AlignConfig()}
+    configs = configs or parse_quality_configs("old;defaults")
+    builds = {label: load_config(BuildConfig, None, dict(o)) for label, o in configs.items()}
     finder = get_detector(AlignConfig(detect_max_side=4096, roi_size=0, min_score=0.5))
     lines = []
     for name, root in sets.items():
@@ -784,25 +808,36 @@ def bench_quality(sets: dict[str, Path], limit: int) -> list[str]:
         clips = index_dataset(root, cfg.index).clips[:limit]
         metrics: dict[str, dict[str, dict[str, list[float]]]] = {c: {"reference": {}, "truth": {}} for c in configs}
         det = {c: [0, 0, 0, 0] for c in configs}  # clips kept, clips, frames with a face, frames tried
+        faces = {c: [0, 0, 0, 0] for c in configs}  # by the truth: face clips kept, face clips, no-face kept, no-face
         seconds = {c: 0.0 for c in configs}
         for clip in clips:
-            try:
-                frames = decode_clip(root, clip, cfg.decode)
-            except ClipRejected:
-                continue
-            boxes = [None if f is None else f.box for f in finder.detect(frames)]
-            refs = {"reference": reference_landmarks(frames, boxes)}
-            if truth is not None and clip["clip_id"] in truth:
-                tr = truth[clip["clip_id"]]
-                n = len(decord.VideoReader(str(root / clip["source"]), num_threads=1))
-                k = np.array([frames.shape[2] / tr["width"], frames.shape[1] / tr["height"]])
-                refs["truth"] = [(np.array(tr["eyes"][i]) + 0.5) * k - 0.5
-                                 for i in sample_indices(min(n, tr["frames"]), cfg.decode.num_frames)]
-            for label, acfg in configs.items():
+            decoded: dict[str, np.ndarray | None] = {}  # by decode config: its frames, and their landmarks
+            landmarks: dict[str, dict[str, list[np.ndarray | None]]] = {}
+            tr = truth.get(clip["clip_id"]) if truth is not None else None
+            for label, build in builds.items():
+                key = repr(build.decode)
+                if key not in decoded:
+                    try:
+                        decoded[key] = decode_clip(root, clip, build.decode)
+                    except ClipRejected:
+                        decoded[key] = None
+                frames = decoded[key]
+                if frames is None:
+                    continue
+                if key not in landmarks:  # the reference and true landmarks, once per decoded size
+                    boxes = [None if f is None else f.box for f in finder.detect(frames)]
+                    landmarks[key] = {"reference": reference_landmarks(frames, boxes)}
+                    if tr is not None and tr.get("face", True):
+                        k = np.array([frames.shape[2] / tr["width"], frames.shape[1] / tr["height"]])
+                        landmarks[key]["truth"] = [(np.array(tr["eyes"][i]) + 0.5) * k - 0.5
+                                                   for i in sample_indices(tr["frames"], len(frames))]
+                refs = landmarks[key]
                 det[label][1] += 1
+                if tr is not None:
+                    faces[label][1 if tr.get("face", True) else 3] += 1
                 t = time.perf_counter()
                 try:
-                    matrices, stats = track_face(frames, get_detector(acfg), acfg, clip["clip_id"])
+                    matrices, stats = track_face(frames, get_detector(build.align), build.align, clip["clip_id"])
                 except ClipRejected:
                     seconds[label] += time.perf_counter() - t
                     continue
@@ -810,25 +845,32 @@ def bench_quality(sets: dict[str, Path], limit: int) -> list[str]:
                 det[label][0] += 1
                 det[label][2] += stats["face_frames"]
                 det[label][3] += stats["face_tried"]
+                if tr is not None:
+                    faces[label][0 if tr.get("face", True) else 2] += 1
                 for kind, lms in refs.items():
                     eyes = np.array([lm[:2] @ m[:, :2].T + m[:, 2] for lm, m in zip(lms, matrices, strict=True)
                                      if lm is not None])
                     if len(eyes) >= 2:
-                        for key, v in _clip_metrics(eyes, acfg.frame_size).items():
-                            metrics[label][kind].setdefault(key, []).append(v)
+                        for k, v in _clip_metrics(eyes, build.align.frame_size).items():
+                            metrics[label][kind].setdefault(k, []).append(v)
         keys = list(_clip_metrics(np.ones((2, 2, 2)) + [[[0, 0], [1, 0]]], 112))
         lines += ["", f"Alignment quality, {name} ({len(clips)} clips; mean over clips; 112 px crop units)", "",
-                  "| config | landmarks | clips kept | faces found / frames tried | align ms/clip | " + " | ".join(keys)
-                  + " |",
-                  "|---|---|---|---|---|" + "---|" * len(keys)]
+                  "| config | landmarks | clips kept | face clips kept (truth) | no-face clips kept (truth) | "
+                  "faces found / frames tried | align ms/clip | " + " | ".join(keys) + " |",
+                  "|---|---|---|---|---|---|---|" + "---|" * len(keys)]
         for label in configs:
             kept, total, found, tried = det[label]
+            fk, ft, nk, nt = faces[label]
             for kind, vals in metrics[label].items():
                 if not vals:
                     continue
-                lines.append(f"| {label} | {kind} | {kept}/{total} | {found}/{tried} | "
-                             f"{1000 * seconds[label] / max(1, total):.0f} | "
+                by_truth = f"{fk}/{ft} | {nk}/{nt}" if truth else "- | -"
+                ms = 1000 * seconds[label] / max(1, total)
+                lines.append(f"| {label} | {kind} | {kept}/{total} | {by_truth} | {found}/{tried} | {ms:.0f} | "
                              + " | ".join(f"{np.mean(vals[k]):.3f}" for k in keys) + " |")
+        overrides = "; ".join(f"{label}: {', '.join(f'{k}={v}' for k, v in o.items()) or 'defaults'}"
+                              for label, o in configs.items())
+        lines += ["", f"Configs: {overrides}."]
     return lines
 
 
@@ -839,31 +881,43 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clips", type=int, default=260, help="make-sample clips of the main set")
     ap.add_argument("--small", type=int, default=30, help="make-sample clips of the small job")
-    ap.add_argument("--large", type=int, default=40, help="clips of the large set (0: none)")
+    ap.add_argument("--orig", type=int, default=260, help="clips of the DFEW-like originals set (0: none)")
+    ap.add_argument("--mixed", type=int, default=30, help="clips of the mixed-size set, a small job (0: none)")
+    ap.add_argument("--large", type=int, default=0, help="clips of issue 17's large set (0: none)")
+    ap.add_argument("--sets", default="", help="the sets to make and run, by name or kind "
+                    "(e.g. orig260,mixed30 or sample,orig); default: all of the above")
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--before", default="", help="a checkout of the code to compare with (git worktree add ...)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each speed measurement (median)")
-    ap.add_argument("--repeat-small", type=int, default=3, help="runs of the small job's speed measurements")
+    ap.add_argument("--repeat-small", type=int, default=3, help="runs of the small jobs' speed measurements")
     ap.add_argument("--quality-clips", type=int, default=80, help="clips per set for the quality table")
+    ap.add_argument("--quality-configs", default="old;defaults",
+                    help="the configs the quality table compares: 'label:key=value,key=value;label2:...'; "
+                    "'old' alone is the config whose bytes the code before tracking wrote, 'defaults' the defaults")
     ap.add_argument("--parts", default="speed,profile,quality")
     ap.add_argument("--workers", default="1,2", help="worker counts of the speed runs")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    sets = make_sets(out, args.clips, args.small, args.large)
+    only = [s for s in args.sets.split(",") if s] or None
+    sets = make_sets(out, args.clips, args.small, args.large, args.orig, args.mixed, only)
+    if not sets:
+        raise SystemExit(f"--sets {args.sets}: none of sample{args.small}, sample{args.clips}, orig{args.orig}, "
+                         f"mixed{args.mixed}, large{args.large}")
     before = str(Path(args.before).resolve()) if args.before else ""
     parts = args.parts.split(",")
+    small = [f"sample{args.small}", f"mixed{args.mixed}"]
     load = os.getloadavg()
     lines = [f"build-shards, T=16, S=112, {os.cpu_count()} cores, load average {load[0]:.1f} at the start "
-             f"({time.strftime('%Y-%m-%d %H:%M')})", ""]
+             f"({time.strftime('%Y-%m-%d %H:%M')}); sets: {', '.join(sets)}", ""]
     if "speed" in parts:
         lines += bench_speed(sets, out, before, args.repeat, [int(w) for w in args.workers.split(",")],
-                             args.repeat_small) + [""]
+                             args.repeat_small, small, f"sample{args.clips}") + [""]
     if "profile" in parts:
-        lines += bench_profile(sets, out, before) + [""]
+        lines += bench_profile(sets, out, before, skip=(f"sample{args.small}",)) + [""]
     if "quality" in parts:
-        lines += bench_quality(sets, args.quality_clips) + [""]
+        lines += bench_quality(sets, args.quality_clips, parse_quality_configs(args.quality_configs)) + [""]
     lines.append(f"load average at the end: {os.getloadavg()[0]:.1f}")
     text = "\n".join(lines) + "\n"
     (out / "build.md").write_text(text)
