@@ -1,31 +1,44 @@
 """build-shards at DFEW scale: speed with start-up, a per-stage profile and alignment quality, before vs after.
 
-    python bench/bench_build.py [--clips 260] [--small 30] [--large 40] [--out bench/out]
-                                [--before PATH] [--repeat 1] [--repeat-small 3] [--parts speed,profile,quality]
+    python bench/bench_build.py [--sets orig260,mixed30] [--clips 260] [--small 30] [--orig 260] [--mixed 30]
+                                [--large 0] [--out bench/out] [--before PATH] [--repeat 1] [--repeat-small 3]
+                                [--parts speed,profile,quality] [--quality-configs 'old;defaults']
 
-Three DFEW-layout sets: make-sample's `--clips` and `--small` clips (short clips, 320..960 px, a few
-corner cases: no face, a truncated file) and a larger set made here (`--large` clips of 2-5 s at 25/30
-fps, 854x480 to 1280x720, like DFEW's originals, with each frame's true eye positions recorded).
+The sets, each a DFEW layout (Annotation/annotation.xlsx, EmoLabel_DataSplit/{train,test}(single-labeled)/
+set_K.csv, Clip/original/NNNNN.mp4) made once under --out and reused (delete one to make it again):
+
+sample<small>, sample<clips>   make-sample's clips (short, 320..960 px, x264 superfast / MPEG-4, corner
+                               cases: no face, a truncated file); sample<small> is the "few dozen clips" job
+orig<N>     DFEW's originals (--orig, default 260): 1280x720 H.264 from x264 at its defaults (preset medium,
+            keyint 250, 3 B-frames), 2-5 s at 25 fps, a head-and-shoulders photo (the astronaut) whose face
+            is 15-50% of the frame height moving, turning and zooming slowly in front of a still scene,
+            mirrored or not, lit brighter or darker; ~5% of clips a non-face photo (coffee, rocket) instead
+mixed<N>    what else users bring (--mixed, default 30; a small job): 640x360..1920x1080, H.264 (x264
+            defaults) and MPEG-4, 25/30 fps, faces 10-50% of the frame height, a panning camera, ~7% no face
+large<N>    issue 17's set (--large, default 0): 854x480..1280x720 x264 superfast, a truncated last clip
+orig, mixed and large are rendered here (SPECS, make_large; two processes, ~4 ms of compositing per frame,
+the rest is x264) with truth.json: each clip's size, codec, fps, frames and every frame's true eyes.
 
 speed     `midas-prep build-shards` run as a command, as a user runs it (wall time from the shell, so
           Python start-up, ray.init, the first task and shutting Ray down are in it), 1 and 2 workers,
-          each set, the code under test and `--before` (a checkout of an earlier commit) alternately;
-          plus the naive anchor on the small set: decode every frame, detect on every full-size frame
-          (one process, its start-up included). DFEW projection = 16,372 clips / (clips/s).
-profile   one build of the `--clips` set with 2 workers on a Ray started here, every stage function
-          wrapped by a timer inside the Ray tasks (exclusive time: a stage's own, not its callees');
-          the rest of the workers' time is Ray's (scheduling, object transfer, idle); plus ray.init,
-          the first task, and a Ray round trip and object transfer measured alone.
-quality   alignment of the sampled frames, for the old config (align.roi_size=0,
-          align.detect_max_side=640: the bytes of the code before tracking) and the current defaults:
-          eye landmarks of every frame are carried into the crop by the transform the build chose and
-          compared with the template: eye-line roll and inter-ocular distance (IOD) across a clip's
-          frames (their spread is the jitter), eye error, and the detection rate. The landmarks come
-          from (a) the true eye positions of the large set's renderer, and (b) on every set, a
-          reference detection independent of both configs (RetinaFace on a 256 px window around the
-          face and on its mirror image, averaged), checked against (a) on the large set.
+          every set, the code under test and `--before` (a checkout of an earlier commit) alternately;
+          the DFEW projection of each (16,372 clips / (clips/s)); and on the small jobs (sample<small>,
+          mixed<N>) the naive anchor: decode every frame, detect on every full-size frame (one process, its
+          start-up included), and how many times faster build-shards is ("x naive").
+profile   one build of each set but sample<small>, 2 workers on a Ray started here, before and after,
+          every stage function wrapped by a timer inside the Ray tasks (exclusive time: a stage's own, not
+          its callees'); the rest of the workers' time is Ray's (scheduling, object transfer, idle); plus
+          ray.init, the first task, and a Ray round trip and object transfer measured alone.
+quality   alignment of the sampled frames by two (or more) configs, --quality-configs (default: `old`,
+          align.roi_size=0 and align.detect_max_side=640, the bytes of the code before tracking, against
+          the defaults): eye landmarks of every frame are carried into the crop by the transform the build
+          chose and compared with the template: eye-line roll and inter-ocular distance (IOD) across a
+          clip's frames (their spread is the jitter), eye error, and the detection rate; on the rendered
+          sets also the face clips kept and the no-face clips kept, by the truth. The landmarks come from
+          (a) the true eye positions (truth.json), and (b) on every set, a reference detection independent
+          of the configs (RetinaFace on a 256 px window around the face and on its mirror image, averaged).
 
-Prints Markdown tables and writes them to <out>/build.md. Record `uptime` with the numbers: the
+Prints Markdown tables and writes them to <out>/build.md (--report). Record `uptime` with the numbers: the
 development machine is shared, so compare the before and after columns of one run.
 """
 
@@ -509,8 +522,9 @@ def bench_speed(sets: dict[str, Path], out: Path, before: str, repeat: int, work
 # (module, attribute, stage): wrapped by a timer in the driver and in every Ray worker. A method is
 # "module:Class.method". Names a checkout does not have are skipped (before/after differ).
 STAGES = [
-    ("pipeline.decode", "decode_video", "decode: open + seek + read (decord)"),
-    ("pipeline.decode", "decode_frame_folder", "decode: open + seek + read (decord)"),
+    ("pipeline.decode", "decode_video", "decode: open + demux + decode (decord or PyAV)"),
+    ("pipeline.decode", "decode_frame_folder", "decode: open + demux + decode (decord or PyAV)"),
+    ("pipeline.decode", "_rgb", "decode: to RGB at the decoded size (PyAV)"),
     ("pipeline.align", "_downscale", "detect: resize frames / cut windows"),
     ("pipeline.align", "_detect_roi", "detect: resize frames / cut windows"),
     ("pipeline.align", "RetinaFaceDetector.detect", "detect: pre/post-processing (numpy, NMS)"),
@@ -896,6 +910,7 @@ def main() -> None:
                     "'old' alone is the config whose bytes the code before tracking wrote, 'defaults' the defaults")
     ap.add_argument("--parts", default="speed,profile,quality")
     ap.add_argument("--workers", default="1,2", help="worker counts of the speed runs")
+    ap.add_argument("--report", default="build.md", help="the tables' file under --out")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out).resolve()
@@ -920,7 +935,7 @@ def main() -> None:
         lines += bench_quality(sets, args.quality_clips, parse_quality_configs(args.quality_configs)) + [""]
     lines.append(f"load average at the end: {os.getloadavg()[0]:.1f}")
     text = "\n".join(lines) + "\n"
-    (out / "build.md").write_text(text)
+    (out / args.report).write_text(text)
     print(text)
 
 

@@ -18,8 +18,10 @@ pyav nonref ...        PyAV: packets sorted by pts give each packet's frame inde
                        when no other frame refers to it), a sampled one with "DEFAULT"; every reference
                        packet is decoded
   ... none/1, auto/1, auto/2   thread_type NONE, or AUTO (frame + slice threads) with thread_count 1 or 2
-  ... sws / area       the resize at the end: swscale (VideoFrame.reformat, rgb24 at the reduced size,
-                       interpolation AREA) or a full-size rgb24 frame resized by cv2 INTER_AREA
+  ... sws / area / yuvarea   the resize at the end: swscale (VideoFrame.reformat, rgb24 at the reduced
+                       size, interpolation AREA), a full-size rgb24 frame (swscale) resized by cv2
+                       INTER_AREA, or the Y, U and V planes resized by cv2 INTER_AREA and converted by
+                       cv2 (COLOR_YUV2RGB_I420; yuv420p limited range only, else sws)
 pipeline               pipeline.decode.decode_clip of the checkout on PYTHONPATH (the code under test)
 
 Each candidate runs in one worker process over the clips, and then in 2 worker processes at once
@@ -47,10 +49,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, os.environ.get("BENCH_CODE", str(REPO)))
 
-PYAV_MODES = [(mode, threads, resize) for mode in ("all", "nonref")
-              for threads in ("none/1", "auto/1", "auto/2") for resize in ("sws", "area")]
-CANDIDATES = ([f"decord t{t}" for t in (1, 0, 2)] + [f"pyav {m} {t} {r}" for m, t, r in PYAV_MODES]
-              + ["pipeline"])
+# threads against mode with one resize, then the resizes with one decoding (any "pyav MODE THREADS RESIZE" runs)
+CANDIDATES = ([f"decord t{t}" for t in (1, 0, 2)]
+              + [f"pyav {m} {t} yuvarea" for m in ("all", "nonref") for t in ("none/1", "auto/1", "auto/2")]
+              + [f"pyav nonref none/1 {r}" for r in ("sws", "area")] + ["pipeline"])
 
 
 def _sample_indices(n: int, t: int) -> list[int]:
@@ -83,7 +85,7 @@ def decode_decord(path: str, t: int, max_side: int, threads: int) -> np.ndarray:
 
 def decode_pyav(path: str, t: int, max_side: int, mode: str, threads: str, resize: str) -> np.ndarray:
     """The sampled frames by PyAV: `mode` all (every packet decoded) or nonref (non-reference packets
-    of frames not sampled skipped), `threads` "none/1" | "auto/N", `resize` sws | area."""
+    of frames not sampled skipped), `threads` "none/1" | "auto/N", `resize` sws | area | yuvarea."""
     import av
     import cv2
 
@@ -102,7 +104,17 @@ def decode_pyav(path: str, t: int, max_side: int, mode: str, threads: str, resiz
 
         def keep(frame: Any) -> None:
             if frame.pts in want and frame.pts not in got:
-                if resize == "sws" or (rw, rh) == (frame.width, frame.height):
+                w, h = frame.width, frame.height
+                if (rw, rh) == (w, h):
+                    got[frame.pts] = frame.to_ndarray(format="rgb24")
+                elif resize == "yuvarea" and frame.format.name == "yuv420p" and frame.color_range != 2:
+                    yuv = frame.to_ndarray()  # the Y plane, then U and V, (h * 3 / 2) x w
+                    uv = yuv[h:].reshape(2, h // 2, w // 2)
+                    planes = [cv2.resize(yuv[:h], (rw, rh), interpolation=cv2.INTER_AREA)] + [
+                        cv2.resize(c, (rw // 2, rh // 2), interpolation=cv2.INTER_AREA) for c in uv]
+                    i420 = np.concatenate([q.ravel() for q in planes]).reshape(rh * 3 // 2, rw)
+                    got[frame.pts] = cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420)
+                elif resize != "area":
                     got[frame.pts] = frame.to_ndarray(format="rgb24", width=rw, height=rh, interpolation="AREA")
                 else:
                     got[frame.pts] = cv2.resize(frame.to_ndarray(format="rgb24"), (rw, rh),
@@ -123,6 +135,13 @@ def decode_pyav(path: str, t: int, max_side: int, mode: str, threads: str, resiz
         if missing:
             raise RuntimeError(f"{path}: frames with pts {sorted(missing)[:4]} not decoded")
         return np.stack([got[pts[i]] for i in idx])
+
+
+def _is_pyav(c: str) -> bool:
+    parts = c.split()
+    return (len(parts) == 4 and parts[0] == "pyav" and parts[1] in ("all", "nonref")
+            and (parts[2] == "none/1" or (parts[2].startswith("auto/") and parts[2][5:].isdigit()))
+            and parts[3] in ("sws", "area", "yuvarea"))
 
 
 def decode(candidate: str, path: str, t: int, max_side: int) -> np.ndarray:
@@ -190,9 +209,10 @@ def main() -> None:
     if not paths:
         raise SystemExit(f"{args.set}: no Clip/original/*.mp4 (make it with bench/bench_build.py --sets orig)")
     candidates = args.candidates.split(",")
-    unknown = [c for c in candidates if c not in CANDIDATES]
+    unknown = [c for c in candidates if c not in CANDIDATES and not _is_pyav(c)]
     if unknown:
-        raise SystemExit(f"unknown candidates {unknown}; known: {CANDIDATES}")
+        raise SystemExit(f"unknown candidates {unknown}; known: {CANDIDATES} or 'pyav all|nonref none/1|auto/N "
+                         "sws|area|yuvarea'")
     procs = [int(p) for p in args.procs.split(",")]
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as ref_dir:
