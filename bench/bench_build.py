@@ -327,14 +327,23 @@ def _write_layout(root: Path, n: int, seed: int) -> None:
         ms._write_atomic(split / "train(single-labeled)" / f"set_{k}.csv", ms._split_csv(train))
 
 
+def no_face_clips(kind: str, n: int, seed: int = 0) -> set[int]:
+    """The clips of 1..n that show no face: one in every 1 / (SPECS' share) from clip 11 on (orig: 11, 31,
+    51, ...), whatever n is, so a set is the first n clips of any bigger one of its kind and seed
+    (make_large links them from it)."""
+    step = max(2, round(1 / SPECS[kind]["no_face"]))
+    return set(range(11, n + 1, step))
+
+
 def make_large(root: Path, n: int, seed: int = 0, kind: str = "orig") -> None:
     """A DFEW-layout set of `n` clips of kind `kind` (SPECS): Annotation/annotation.xlsx,
     EmoLabel_DataSplit/{train,test}(single-labeled)/set_K.csv and Clip/original/NNNNN.mp4, and
     truth.json (written last: the set is complete) with each clip's format and every frame's true eyes.
 
     Two spawned renderers (a forked child of a process that ran OpenCV or onnxruntime threads can
-    hang), the longest clips first; a clip already rendered by an interrupted run (its mp4 and its
-    .truth/NNNNN.json) is kept."""
+    hang), the longest clips first. A clip already rendered (its mp4 and .truth/NNNNN.json), here by
+    an interrupted run or in another set of the same kind and seed under the same folder (linked from
+    there), is kept."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -343,30 +352,51 @@ def make_large(root: Path, n: int, seed: int = 0, kind: str = "orig") -> None:
     video.mkdir(parents=True, exist_ok=True)
     parts.mkdir(exist_ok=True)
     _write_layout(root, n, seed)
-    rng = np.random.default_rng([seed, n, 3])
-    no_face = set(int(i) for i in rng.choice(np.arange(2, n + 1), size=max(1, round(spec["no_face"] * n)),
-                                             replace=False))
-    subject = {"eyes": face_eyes().tolist()}
+    no_face = no_face_clips(kind, n, seed)
+    last = n if spec["corrupt"] else 0  # truncated below: never linked from or to another set
+    siblings = [d for d in sorted(root.parent.glob(f"{kind}*")) if d != root and d.name[len(kind):].isdigit()]
+
+    def rendered(where: Path, number: int) -> bool:
+        cid = f"{number:05d}"
+        try:
+            tr = json.loads((where / ".truth" / f"{cid}.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return ((where / "Clip" / "original" / f"{cid}.mp4").exists() and tr.get("face") == (number not in no_face)
+                and tr.get("seed", 0) == seed and tr.get("kind", kind) == kind)
+
     todo = []
     for number in range(1, n + 1):
         cid = f"{number:05d}"
-        if not ((video / f"{cid}.mp4").exists() and (parts / f"{cid}.json").exists()):
-            c = _draw_clip(kind, number, seed, number not in no_face)
-            todo.append((c["frames"] * c["width"] * c["height"], number))
+        if rendered(root, number):
+            continue
+        src = next((d for d in siblings if number != last and number != int(d.name[len(kind):]) * spec["corrupt"]
+                    and rendered(d, number)), None)
+        if src is not None:
+            for a, b in ((src / "Clip/original" / f"{cid}.mp4", video / f"{cid}.mp4"),
+                         (src / ".truth" / f"{cid}.json", parts / f"{cid}.json")):
+                b.unlink(missing_ok=True)
+                os.link(a, b)
+            continue
+        c = _draw_clip(kind, number, seed, number not in no_face)
+        todo.append((c["frames"] * c["width"] * c["height"], number))
     todo.sort(reverse=True)
+    subject = {"eyes": face_eyes().tolist()} if todo else None
     t0, done = time.perf_counter(), 0
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {number: pool.submit(_render_large, video / f"{number:05d}.mp4", number, seed, kind,
                                        None if number in no_face else subject) for _, number in todo}
         for number, f in futures.items():
-            (parts / f"{number:05d}.json").write_text(json.dumps(f.result()))
+            truth = f.result() | {"seed": seed, "kind": kind}
+            tmp = parts / f".{number:05d}.json.tmp"
+            tmp.write_text(json.dumps(truth))
+            os.replace(tmp, parts / f"{number:05d}.json")
             done += 1
             if done % 20 == 0:
                 print(f"  {root.name}: {done}/{len(todo)} clips rendered, {time.perf_counter() - t0:.0f} s", flush=True)
     truth = {f"{i:05d}": json.loads((parts / f"{i:05d}.json").read_text()) for i in range(1, n + 1)}
     if spec["corrupt"]:  # the last clip truncated to 300 bytes, as make-sample does
-        last = video / f"{n:05d}.mp4"
-        last.write_bytes(last.read_bytes()[:300])
+        (video / f"{n:05d}.mp4").write_bytes((video / f"{n:05d}.mp4").read_bytes()[:300])
         truth.pop(f"{n:05d}")
     (root / "truth.json").write_text(json.dumps(truth))
 
