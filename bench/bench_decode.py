@@ -26,10 +26,12 @@ pipeline               pipeline.decode.decode_clip of the checkout on PYTHONPATH
 
 Each candidate runs in one worker process over the clips, and then in 2 worker processes at once
 (the clips split between them): decoder threads against worker count, as build-shards runs 2 workers
-on 2 cores. A worker decodes one clip first to warm up (imports, codec set-up), untimed. Time is wall
-time per clip inside the worker; clips/s is all clips over the wall time from the first worker's start
-to the last one's end. Frames are compared with `decord t1`'s (max and mean absolute difference, 0..255,
-over all frames of all clips). Writes <out>/decode.md and prints it; record `uptime` with it.
+on 2 cores. A worker decodes one clip first to warm up (imports, codec set-up), untimed. ms/clip is wall
+time per clip inside the worker; CPU ms/clip the worker's CPU time (all its threads) per clip, the work
+itself, which a loaded machine changes much less than wall time; clips/s is all clips over the wall
+time from the first worker's start to the last one's end. Frames are compared with `decord t1`'s (max
+and mean absolute difference, 0..255, over all frames of all clips). Writes <out>/decode.md and prints
+it; record `uptime` with it.
 """
 
 from __future__ import annotations
@@ -162,14 +164,14 @@ def run_worker(candidate: str, paths: list[str], ref_dir: str, t: int, max_side:
 
     cv2.setNumThreads(1)
     decode(candidate, paths[0], t, max_side)  # warm-up
-    start = time.time()
+    start, cpu0 = time.time(), time.process_time()
     seconds, outs = [], []
     for p in paths:
         t0 = time.perf_counter()
         frames = decode(candidate, p, t, max_side)
         seconds.append(time.perf_counter() - t0)
         outs.append(frames)
-    end = time.time()
+    end, cpu = time.time(), time.process_time() - cpu0
     worst, total, count = 0, 0.0, 0
     for p, frames in zip(paths, outs, strict=True):
         ref = np.load(Path(ref_dir) / f"{Path(p).stem}.npy")
@@ -177,7 +179,7 @@ def run_worker(candidate: str, paths: list[str], ref_dir: str, t: int, max_side:
             return {"error": f"{Path(p).name}: shape {frames.shape} against decord's {ref.shape}"}
         d = np.abs(ref.astype(np.int16) - frames.astype(np.int16))
         worst, total, count = max(worst, int(d.max())), total + float(d.sum()), count + d.size
-    return {"start": start, "end": end, "seconds": seconds, "max": worst, "mean": total / max(1, count)}
+    return {"start": start, "end": end, "seconds": seconds, "cpu": cpu, "max": worst, "mean": total / max(1, count)}
 
 
 def run(candidate: str, paths: list[str], ref_dir: str, t: int, max_side: int, procs: int) -> dict[str, Any]:
@@ -191,7 +193,8 @@ def run(candidate: str, paths: list[str], ref_dir: str, t: int, max_side: int, p
         return {"error": errors[0]}
     seconds = [s for r in res for s in r["seconds"]]
     wall = max(r["end"] for r in res) - min(r["start"] for r in res)
-    return {"ms": 1000 * float(np.mean(seconds)), "rate": len(seconds) / wall, "max": max(r["max"] for r in res),
+    return {"ms": 1000 * float(np.mean(seconds)), "rate": len(seconds) / wall,
+            "cpu": 1000 * sum(r["cpu"] for r in res) / len(seconds), "max": max(r["max"] for r in res),
             "mean": float(np.mean([r["mean"] for r in res]))}
 
 
@@ -226,22 +229,22 @@ def main() -> None:
                 rows[(c, n)] = run(c, paths, ref_dir, args.num_frames, args.max_side, n)
                 r = rows[(c, n)]
                 print(f"  {c:26s} x{n}: " + (r["error"] if "error" in r else
-                      f"{r['ms']:.0f} ms/clip, {r['rate']:.2f} clips/s, diff max {r['max']} mean {r['mean']:.2f}"),
-                      flush=True)
+                      f"{r['ms']:.0f} ms/clip, CPU {r['cpu']:.0f} ms/clip, {r['rate']:.2f} clips/s, "
+                      f"diff max {r['max']} mean {r['mean']:.2f}"), flush=True)
     lines = [f"Decoding the {args.num_frames} sampled frames at longest side {args.max_side}, {len(paths)} clips of "
              f"{Path(args.set).name}, {os.cpu_count()} cores, load average {load:.1f} at the start, "
              f"{os.getloadavg()[0]:.1f} at the end ({time.strftime('%Y-%m-%d %H:%M')})", "",
-             "| candidate | " + " | ".join(f"ms/clip, {n} proc | clips/s, {n} proc" for n in procs)
-             + " | frames vs decord t1: max / mean abs diff |",
-             "|---|" + "---|---|" * len(procs) + "---|"]
+             "| candidate | " + " | ".join(f"ms/clip, {n} proc | CPU ms/clip, {n} proc | clips/s, {n} proc"
+                                          for n in procs) + " | frames vs decord t1: max / mean abs diff |",
+             "|---|" + "---|---|---|" * len(procs) + "---|"]
     for c in candidates:
         cells, diff = [], ""
         for n in procs:
             r = rows[(c, n)]
             if "error" in r:
-                cells += [r["error"], ""]
+                cells += [r["error"], "", ""]
                 continue
-            cells += [f"{r['ms']:.0f}", f"{r['rate']:.2f}"]
+            cells += [f"{r['ms']:.0f}", f"{r['cpu']:.0f}", f"{r['rate']:.2f}"]
             diff = f"{r['max']} / {r['mean']:.2f}"
         lines.append(f"| {c} | " + " | ".join(cells) + f" | {diff} |")
     text = "\n".join(lines) + "\n"
