@@ -505,7 +505,7 @@ def run_naive(code: str, root: Path) -> dict[str, Any]:
 
 
 def bench_speed(sets: dict[str, Path], out: Path, before: str, repeat: int, worker_counts: list[int],
-                repeat_small: int, small: list[str], main: str = "") -> list[str]:
+                repeat_small: int, small: list[str], main: str = "", naive: bool = True) -> list[str]:
     """Every set with 1 and 2 workers, after and before alternately; the naive anchor on the `small` sets
     (the few-dozen-clip jobs) and each one's "x naive"; `main`'s after runs write shards_w<N> (what
     bench_mix.py and bench_loader.py read)."""
@@ -522,7 +522,6 @@ def bench_speed(sets: dict[str, Path], out: Path, before: str, repeat: int, work
                     r = run_cli(code, root, out / dest, workers)
                     rows.setdefault((name, workers, label), []).append(r)
                     print(f"  {label:6s} {name:10s} w{workers}: {r['wall']:.1f} s", flush=True)
-    naive = {name: [run_naive(CODE, sets[name]) for _ in range(repeat)] for name in sets if name in small}
     lines = [
         "| set | workers | code | clips (written) | wall s (incl. start-up; median of runs) | clips/s | "
         "DFEW 16,372 clips | peak RSS per worker (MB) |",
@@ -536,7 +535,9 @@ def bench_speed(sets: dict[str, Path], out: Path, before: str, repeat: int, work
         lines.append(f"| {name} | {workers} | {label} | {s['processed']} ({s['written']}) | {wall:.1f} ({walls}) | "
                      f"{rate:.2f} | "
                      f"{DFEW_CLIPS / rate / 60:.0f} min | {max(r['rss'] for r in runs) / 2**20:.0f} |")
-    for name, runs in naive.items():
+    print("\n".join(lines), flush=True)  # the naive anchor takes long: the table so far first
+    anchors = {name: [run_naive(CODE, sets[name]) for _ in range(repeat)] for name in sets if name in small and naive}
+    for name, runs in anchors.items():
         nwall = float(np.median([r["wall"] for r in runs]))
         lines += ["", f"Naive anchor on {name} (one process, start-up included; decode every frame, detect on every "
                   f"full-size frame): {nwall:.1f} s, {runs[0]['kept']} clips kept."]
@@ -941,6 +942,7 @@ def main() -> None:
     ap.add_argument("--parts", default="speed,profile,quality")
     ap.add_argument("--workers", default="1,2", help="worker counts of the speed runs")
     ap.add_argument("--report", default="build.md", help="the tables' file under --out")
+    ap.add_argument("--no-naive", action="store_true", help="speed without the naive anchor (it takes long)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out).resolve()
@@ -958,7 +960,7 @@ def main() -> None:
              f"({time.strftime('%Y-%m-%d %H:%M')}); sets: {', '.join(sets)}", ""]
     if "speed" in parts:
         lines += bench_speed(sets, out, before, args.repeat, [int(w) for w in args.workers.split(",")],
-                             args.repeat_small, small, f"sample{args.clips}") + [""]
+                             args.repeat_small, small, f"sample{args.clips}", not args.no_naive) + [""]
     if "profile" in parts:
         lines += bench_profile(sets, out, before, skip=(f"sample{args.small}",)) + [""]
     if "quality" in parts:
