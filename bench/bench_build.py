@@ -1,31 +1,44 @@
 """build-shards at DFEW scale: speed with start-up, a per-stage profile and alignment quality, before vs after.
 
-    python bench/bench_build.py [--clips 260] [--small 30] [--large 40] [--out bench/out]
-                                [--before PATH] [--repeat 1] [--repeat-small 3] [--parts speed,profile,quality]
+    python bench/bench_build.py [--sets orig260,mixed30] [--clips 260] [--small 30] [--orig 260] [--mixed 30]
+                                [--large 0] [--out bench/out] [--before PATH] [--repeat 1] [--repeat-small 3]
+                                [--parts speed,profile,quality] [--quality-configs 'old;defaults']
 
-Three DFEW-layout sets: make-sample's `--clips` and `--small` clips (short clips, 320..960 px, a few
-corner cases: no face, a truncated file) and a larger set made here (`--large` clips of 2-5 s at 25/30
-fps, 854x480 to 1280x720, like DFEW's originals, with each frame's true eye positions recorded).
+The sets, each a DFEW layout (Annotation/annotation.xlsx, EmoLabel_DataSplit/{train,test}(single-labeled)/
+set_K.csv, Clip/original/NNNNN.mp4) made once under --out and reused (delete one to make it again):
+
+sample<small>, sample<clips>   make-sample's clips (short, 320..960 px, x264 superfast / MPEG-4, corner
+                               cases: no face, a truncated file); sample<small> is the "few dozen clips" job
+orig<N>     DFEW's originals (--orig, default 260): 1280x720 H.264 from x264 at its defaults (preset medium,
+            keyint 250, 3 B-frames), 2-5 s at 25 fps, a head-and-shoulders photo (the astronaut) whose face
+            is 15-50% of the frame height moving, turning and zooming slowly in front of a still scene,
+            mirrored or not, lit brighter or darker; ~5% of clips a non-face photo (coffee, rocket) instead
+mixed<N>    what else users bring (--mixed, default 30; a small job): 640x360..1920x1080, H.264 (x264
+            defaults) and MPEG-4, 25/30 fps, faces 10-50% of the frame height, a panning camera, ~7% no face
+large<N>    issue 17's set (--large, default 0): 854x480..1280x720 x264 superfast, a truncated last clip
+orig, mixed and large are rendered here (SPECS, make_large; two processes, ~4 ms of compositing per frame,
+the rest is x264) with truth.json: each clip's size, codec, fps, frames and every frame's true eyes.
 
 speed     `midas-prep build-shards` run as a command, as a user runs it (wall time from the shell, so
           Python start-up, ray.init, the first task and shutting Ray down are in it), 1 and 2 workers,
-          each set, the code under test and `--before` (a checkout of an earlier commit) alternately;
-          plus the naive anchor on the small set: decode every frame, detect on every full-size frame
-          (one process, its start-up included). DFEW projection = 16,372 clips / (clips/s).
-profile   one build of the `--clips` set with 2 workers on a Ray started here, every stage function
-          wrapped by a timer inside the Ray tasks (exclusive time: a stage's own, not its callees');
-          the rest of the workers' time is Ray's (scheduling, object transfer, idle); plus ray.init,
-          the first task, and a Ray round trip and object transfer measured alone.
-quality   alignment of the sampled frames, for the old config (align.roi_size=0,
-          align.detect_max_side=640: the bytes of the code before tracking) and the current defaults:
-          eye landmarks of every frame are carried into the crop by the transform the build chose and
-          compared with the template: eye-line roll and inter-ocular distance (IOD) across a clip's
-          frames (their spread is the jitter), eye error, and the detection rate. The landmarks come
-          from (a) the true eye positions of the large set's renderer, and (b) on every set, a
-          reference detection independent of both configs (RetinaFace on a 256 px window around the
-          face and on its mirror image, averaged), checked against (a) on the large set.
+          every set, the code under test and `--before` (a checkout of an earlier commit) alternately;
+          the DFEW projection of each (16,372 clips / (clips/s)); and on the small jobs (sample<small>,
+          mixed<N>) the naive anchor: decode every frame, detect on every full-size frame (one process, its
+          start-up included), and how many times faster build-shards is ("x naive").
+profile   one build of each set but sample<small>, 2 workers on a Ray started here, before and after,
+          every stage function wrapped by a timer inside the Ray tasks (exclusive time: a stage's own, not
+          its callees'); the rest of the workers' time is Ray's (scheduling, object transfer, idle); plus
+          ray.init, the first task, and a Ray round trip and object transfer measured alone.
+quality   alignment of the sampled frames by two (or more) configs, --quality-configs (default: `old`,
+          align.roi_size=0 and align.detect_max_side=640, the bytes of the code before tracking, against
+          the defaults): eye landmarks of every frame are carried into the crop by the transform the build
+          chose and compared with the template: eye-line roll and inter-ocular distance (IOD) across a
+          clip's frames (their spread is the jitter), eye error, and the detection rate; on the rendered
+          sets also the face clips kept and the no-face clips kept, by the truth. The landmarks come from
+          (a) the true eye positions (truth.json), and (b) on every set, a reference detection independent
+          of the configs (RetinaFace on a 256 px window around the face and on its mirror image, averaged).
 
-Prints Markdown tables and writes them to <out>/build.md. Record `uptime` with the numbers: the
+Prints Markdown tables and writes them to <out>/build.md (--report). Record `uptime` with the numbers: the
 development machine is shared, so compare the before and after columns of one run.
 """
 
@@ -52,134 +65,339 @@ sys.path.insert(0, CODE)
 
 DFEW_CLIPS = 16_372
 ASTRONAUT_FACE = (177, 56, 95, 120)  # x, y, w, h of the face in skimage.data.astronaut()
-LARGE_SIZES = [(1280, 720), (1024, 576), (960, 540), (854, 480)]
 OLD = {"align.roi_size": 0, "align.detect_max_side": 640}  # the config whose bytes the code before tracking wrote
 
 
 # ---------------------------------------------------------------------------------------------- datasets
 
+# The bench's own DFEW-like sets, by kind: frame sizes (w, h) and their odds, codecs and their odds
+# (libx264 with the encoder options `x264`, None = x264's defaults: preset medium, crf 23, keyint 250,
+# 3 B-frames, mb-tree; mpeg4 at ~0.1 bit per pixel, libavcodec's GOP of 12, no B-frames), frame rates
+# and their odds, clip length (s), face height (the astronaut's detector box) as a share of the frame
+# height, the share of clips showing no face (at least one), the camera's pan over the clip (largest
+# share of the frame size; 0: a fixed camera, and x264 encodes such clips ~30% faster), and whether the
+# last clip is truncated.
+SUPERFAST = {"preset": "superfast", "crf": "23", "x264-params": "threads=1:lookahead-threads=1:mbtree=0"}
+SPECS: dict[str, dict[str, Any]] = {
+    # DFEW's originals: movie clips, 720p H.264 from x264 at its defaults (long GOP, B-frames)
+    "orig": {"sizes": {(1280, 720): 1.0}, "codecs": {"libx264": 1.0}, "fps": {25: 1.0}, "seconds": (2.0, 5.0),
+             "face": (0.15, 0.5), "no_face": 0.05, "pan": 0.0, "x264": None, "corrupt": False},
+    # what users bring besides: 360p..1080p, H.264 and MPEG-4, 25/30 fps, faces of every size
+    "mixed": {"sizes": {(640, 360): 0.2, (854, 480): 0.2, (960, 540): 0.15, (1280, 720): 0.25, (1920, 1080): 0.2},
+              "codecs": {"libx264": 0.6, "mpeg4": 0.4}, "fps": {25: 0.5, 30: 0.5}, "seconds": (2.0, 5.0),
+              "face": (0.1, 0.5), "no_face": 0.07, "pan": 0.04, "x264": None, "corrupt": False},
+    # the set of issue 17 (`--large`): 480p..720p, x264 superfast, a truncated last clip
+    "large": {"sizes": {(1280, 720): 0.4, (1024, 576): 0.2, (960, 540): 0.2, (854, 480): 0.2},
+              "codecs": {"libx264": 1.0}, "fps": {25: 0.7, 30: 0.3}, "seconds": (2.0, 5.0), "face": (0.2, 0.4),
+              "no_face": 0.05, "pan": 0.0, "x264": SUPERFAST, "corrupt": True},
+}
+BACKGROUNDS = ("gradient", "gradient", "coffee", "rocket")  # behind a face: a plain scene or a photo
 
-def make_sets(out: Path, clips: int, small: int, large: int) -> dict[str, Path]:
-    from pipeline.tools.make_sample import make_sample
 
+def make_sets(out: Path, clips: int, small: int, large: int = 0, orig: int = 0, mixed: int = 0,
+              only: list[str] | None = None) -> dict[str, Path]:
+    """The chosen sets under `out` (made once, reused after): make-sample's `small` and `clips` clips and
+    the bench's own kinds (SPECS); `only` lists set names (sample30, orig260) or kinds (orig) to keep."""
+    wanted = [(f"sample{small}", "sample", small), (f"sample{clips}", "sample", clips),
+              (f"orig{orig}", "orig", orig), (f"mixed{mixed}", "mixed", mixed), (f"large{large}", "large", large)]
     sets = {}
-    for name, n in ((f"sample{small}", small), (f"sample{clips}", clips)):
+    for name, kind, n in wanted:
+        if not n or (only and name not in only and kind not in only) or name in sets:
+            continue
         root = out / name
-        if not (root / "Annotation").exists():
-            t = time.perf_counter()
+        t = time.perf_counter()
+        if kind == "sample" and not (root / "Annotation").exists():
+            from pipeline.tools.make_sample import make_sample
+
             make_sample(root, clips=n, seed=0, with_frames=False)
-            print(f"make-sample {n} clips: {time.perf_counter() - t:.1f} s", flush=True)
+        elif kind != "sample" and not (root / "truth.json").exists():
+            make_large(root, n, seed=0, kind=kind)
+        else:
+            sets[name] = root
+            continue
+        print(f"{name}: made in {time.perf_counter() - t:.1f} s", flush=True)
         sets[name] = root
-    if large:
-        root = out / f"large{large}"
-        if not (root / "truth.json").exists():
-            t = time.perf_counter()
-            make_large(root, large)
-            print(f"large set {large} clips: {time.perf_counter() - t:.1f} s", flush=True)
-        sets[f"large{large}"] = root
     return sets
 
 
 @functools.cache
-def _face_source() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(RGB crop around the astronaut's face, its feathered alpha, its two eyes (x, y) in the crop)."""
+def _pictures() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """RGBA pictures (uint8) and their alpha (float32): the head-and-shoulders crop of the astronaut
+    (face box at ASTRONAUT_FACE - (x0, y0), the origin in PICTURE_ORIGIN), and coffee and rocket whole."""
     import skimage.data
 
     img = skimage.data.astronaut()
+    x0, y0 = PICTURE_ORIGIN
     fx, fy, fw, fh = ASTRONAUT_FACE
-    x0, x1 = max(0, int(fx - 1.1 * fw)), min(img.shape[1], int(fx + 2.1 * fw))
-    y0, y1 = max(0, int(fy - 0.6 * fh)), min(img.shape[0], int(fy + 2.1 * fh))
-    rgb = np.ascontiguousarray(img[y0:y1, x0:x1])
-    h, w = rgb.shape[:2]
-    ramp = lambda n: np.clip(np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.12 * n), 0, 1)  # noqa: E731
-    a = np.minimum.outer(ramp(h), ramp(w))
-    alpha = (a * a * (3 - 2 * a)).astype(np.float32)
-    eyes = reference_landmarks(rgb[None], [(0, 0, w, h)], context=1.0, size=512)[0][:2]
-    return rgb, alpha, eyes
+    x1, y1 = min(img.shape[1], int(fx + 2.1 * fw)), min(img.shape[0], int(fy + 2.1 * fh))
+    out = {}
+    for name, rgb in (("face", img[y0:y1, x0:x1]), ("coffee", skimage.data.coffee()),
+                      ("rocket", skimage.data.rocket())):
+        h, w = rgb.shape[:2]
+        ramp = lambda n: np.clip(np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.12 * n), 0, 1)  # noqa: E731
+        a = np.minimum.outer(ramp(h), ramp(w))
+        alpha = (a * a * (3 - 2 * a)).astype(np.float32)  # feathered: no hard, detector-bait edges
+        rgba = np.dstack([rgb[..., :3], np.full((h, w), 255, np.uint8)])
+        out[name] = (np.ascontiguousarray(rgba), alpha)
+    return out
 
 
-def _render_large(path: Path, number: int, seed: int) -> dict[str, Any]:
-    """One 2-5 s clip of the face moving, turning and zooming smoothly over a textured background;
-    -> its size, fps and every frame's true eyes (x, y), native pixels."""
+PICTURE_ORIGIN = (max(0, int(ASTRONAUT_FACE[0] - 1.1 * ASTRONAUT_FACE[2])),
+                  max(0, int(ASTRONAUT_FACE[1] - 0.6 * ASTRONAUT_FACE[3])))
+
+
+def face_eyes() -> np.ndarray:
+    """The two eyes (x, y) of the face picture: RetinaFace on it at 512 px and on its mirror, averaged
+    (computed once, in the parent, and handed to the renderers)."""
+    rgba, _ = _pictures()["face"]
+    h, w = rgba.shape[:2]
+    return reference_landmarks(np.ascontiguousarray(rgba[None, ..., :3]), [(0, 0, w, h)], context=1.0,
+                               size=512)[0][:2]
+
+
+def _pick(rng: np.random.Generator, odds: dict[Any, float]) -> Any:
+    keys = list(odds)
+    return keys[int(rng.choice(len(keys), p=np.asarray(list(odds.values())) / sum(odds.values())))]
+
+
+def _draw_clip(kind: str, number: int, seed: int, face: bool) -> dict[str, Any]:
+    """One clip's format and motion, from its own (seed, number) generator."""
+    spec = SPECS[kind]
+    rng = np.random.default_rng([seed, number])
+    width, height = _pick(rng, spec["sizes"])
+    fps = _pick(rng, spec["fps"])
+    clip = {"number": number, "kind": kind, "width": width, "height": height, "fps": fps,
+            "codec": _pick(rng, spec["codecs"]), "frames": int(round(rng.uniform(*spec["seconds"]) * fps)),
+            "face": face, "picture": "face" if face else ("coffee" if number % 2 else "rocket"),
+            "background": BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], "seed": seed,
+            "mirror": bool(rng.random() < 0.5), "gain": float(rng.uniform(0.55, 1.15)),
+            "pan": [float(v) * spec["pan"] for v in rng.uniform(-1, 1, 2)]}
+    if face:
+        fw, fh = ASTRONAUT_FACE[2:]
+        s0 = rng.uniform(*spec["face"]) * height / fh
+        s1 = s0 * rng.uniform(0.85, 1.15)
+        a0 = rng.uniform(-15, 15)
+        half = 0.65 * max(s0, s1) * np.hypot(fw, fh)  # the face box stays in the frame, turned or not
+        cx0 = rng.uniform(half, max(half, width - half))
+        cy0 = rng.uniform(half, max(half, height - half))
+        clip.update(scale=(s0, s1), angle=(a0, a0 + rng.uniform(-10, 10)), centre=(
+            (cx0, float(np.clip(cx0 + rng.uniform(-0.15, 0.15) * width, half, max(half, width - half)))),
+            (cy0, float(np.clip(cy0 + rng.uniform(-0.1, 0.1) * height, half, max(half, height - half))))),
+            wobble=[float(v) for v in rng.uniform(0, 2 * np.pi, 2)])
+    else:  # a non-face photo filling the frame, zooming slowly
+        clip.update(scale=(1.0, rng.uniform(1.0, 1.1)))
+    return clip
+
+
+def _scene(clip: dict[str, Any], margin: tuple[int, int]) -> np.ndarray:
+    """The clip's background (RGBA, uint8), `margin` px larger on each side for the camera pan."""
+    import cv2
+
+    w, h = clip["width"] + 2 * margin[0], clip["height"] + 2 * margin[1]
+    rng = np.random.default_rng([clip["seed"], clip["number"], 1])
+    if clip["face"] and clip["background"] == "gradient":
+        c0, c1 = rng.integers(20, 236, 3).astype(np.float32), rng.integers(20, 236, 3).astype(np.float32)
+        d = rng.uniform(0, 2 * np.pi)
+        t = np.add.outer(np.linspace(0, np.sin(d), h, dtype=np.float32), np.linspace(0, np.cos(d), w, dtype=np.float32))
+        t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
+        noise = cv2.resize(rng.normal(0, 18, (h // 16 + 1, w // 16 + 1, 3)).astype(np.float32), (w, h),
+                           interpolation=cv2.INTER_CUBIC)
+        rgb = np.clip(c0 + t[..., None] * (c1 - c0) + noise, 0, 255).astype(np.uint8)
+    else:  # a photo covering the frame (the no-face clips' picture, or a face's backdrop)
+        name = clip["picture"] if not clip["face"] else clip["background"]
+        pic = _pictures()[name][0][..., :3]
+        k = max(w / pic.shape[1], h / pic.shape[0]) * (clip["scale"][1] if not clip["face"] else 1.0)
+        big = cv2.resize(pic, (int(np.ceil(pic.shape[1] * k)), int(np.ceil(pic.shape[0] * k))),
+                         interpolation=cv2.INTER_LINEAR)
+        y, x = (big.shape[0] - h) // 2, (big.shape[1] - w) // 2
+        rgb = big[y:y + h, x:x + w]
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2RGBA)
+
+
+def _render_large(path: Path, number: int, seed: int, kind: str = "orig", subject: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Render and encode one clip of kind `kind` to `path` (written under a temporary name, then renamed):
+    the face picture (`subject`: {"eyes": its two eyes} from face_eyes(); None: a clip with no face)
+    moving, turning and zooming slowly in front of a slowly panning scene; -> its size, codec, fps,
+    frame count and every frame's true eyes (x, y), native pixels (no "eyes" without a face).
+
+    Fast because the compositing is small: the scene behind the face is pulled back to the picture's
+    resolution and blended there, and only the box the face covers is warped into the frame (the way
+    make-sample renders); everything is RGBA (OpenCV is faster on 4 channels than on 3)."""
     from fractions import Fraction
 
     import av
     import cv2
 
     cv2.setNumThreads(1)
-    rng = np.random.default_rng([seed, number])
-    width, height = LARGE_SIZES[int(rng.choice(len(LARGE_SIZES), p=[0.4, 0.2, 0.2, 0.2]))]
-    fps = 30 if rng.random() < 0.3 else 25
-    frames = int(round(rng.uniform(2.0, 5.0) * fps))
-    rgb, alpha, eyes = _face_source()
-    sh, sw = rgb.shape[:2]
-    face_h = rng.uniform(0.2, 0.4) * height  # the face box's height in the frame
-    s0 = face_h / ASTRONAUT_FACE[3]
-    s1 = s0 * rng.uniform(0.85, 1.15)
-    a0 = rng.uniform(-15, 15)
-    a1 = a0 + rng.uniform(-10, 10)
-    half = 0.65 * max(s0, s1) * np.hypot(*ASTRONAUT_FACE[2:])  # the face stays in the frame, turned or not
-    cx0, cy0 = rng.uniform(half, width - half), rng.uniform(half, height - half)
-    cx1 = float(np.clip(cx0 + rng.uniform(-0.15, 0.15) * width, half, width - half))
-    cy1 = float(np.clip(cy0 + rng.uniform(-0.1, 0.1) * height, half, height - half))
-    wobble = rng.uniform(0, 2 * np.pi, 3)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    c0, c1 = rng.integers(20, 236, 3).astype(np.float32), rng.integers(20, 236, 3).astype(np.float32)
-    t = (xx / width * np.cos(wobble[0]) + yy / height * np.sin(wobble[0]))[..., None]
-    t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
-    noise = cv2.resize(rng.normal(0, 18, (height // 16 + 1, width // 16 + 1, 3)).astype(np.float32),
-                       (width, height), interpolation=cv2.INTER_CUBIC)
-    bg = np.clip(c0 + t * (c1 - c0) + noise, 0, 255).astype(np.uint8)
-    fx, fy, fw, fh = ASTRONAUT_FACE
-    fc = (fw / 2 + fx - max(0, int(fx - 1.1 * fw)), fh / 2 + fy - max(0, int(fy - 0.6 * fh)))
-    truth = []
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
+    clip = _draw_clip(kind, number, seed, subject is not None)
+    width, height, fps, frames = clip["width"], clip["height"], clip["fps"], clip["frames"]
+    margin = (int(np.ceil(abs(clip["pan"][0]) * width)) + 2, int(np.ceil(abs(clip["pan"][1]) * height)) + 2)
+    scene = _scene(clip, margin)
+    truth: dict[str, Any] = {k: clip[k] for k in ("width", "height", "fps", "frames", "codec")}
+    truth["face"] = subject is not None
+    if subject is not None:
+        rgba, alpha = _pictures()["face"]
+        eyes = np.asarray(subject["eyes"], np.float64)
+        if clip["mirror"]:  # a mirrored picture: its eyes mirrored, the left one (in the image) first
+            rgba, alpha = np.ascontiguousarray(rgba[:, ::-1]), np.ascontiguousarray(alpha[:, ::-1])
+            eyes = np.array([[rgba.shape[1] - 1 - eyes[1, 0], eyes[1, 1]],
+                             [rgba.shape[1] - 1 - eyes[0, 0], eyes[0, 1]]])
+        rgba = cv2.convertScaleAbs(rgba, alpha=clip["gain"])  # lit brighter or darker
+        rgba[..., 3] = 255
+        inv_alpha = 1.0 - alpha
+        sh, sw = rgba.shape[:2]
+        corners = np.array([[0, 0, 1], [sw, 0, 1], [0, sh, 1], [sw, sh, 1]], np.float64)
+        fx, fy, fw, fh = ASTRONAUT_FACE
+        fcx = fx + fw / 2 - PICTURE_ORIGIN[0]
+        fc = (sw - 1 - fcx if clip["mirror"] else fcx, fy + fh / 2 - PICTURE_ORIGIN[1])
+        truth["eyes"] = []
+    tmp = path.with_name(f".{path.name}.tmp")
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream(clip["codec"], rate=fps)
         ctx = stream.codec_context
         ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
         ctx.time_base = Fraction(1, fps)
-        ctx.thread_count = 1
-        ctx.options = {"preset": "superfast", "crf": "23", "x264-params": "threads=1:lookahead-threads=1:mbtree=0"}
+        ctx.thread_count = 1  # two renderers on two cores; threads do not change the GOP or B-frames
+        if clip["codec"] == "libx264":
+            if SPECS[kind]["x264"]:
+                ctx.options = dict(SPECS[kind]["x264"])
+        else:
+            ctx.bit_rate = int(0.1 * width * height * fps)
         for i in range(frames):
             u = i / max(1, frames - 1)
             ease = 0.5 - 0.5 * np.cos(np.pi * u)  # smooth start and stop, like a head turning
-            scale = (1 - ease) * s0 + ease * s1
-            angle = (1 - ease) * a0 + ease * a1 + 2.0 * np.sin(2 * np.pi * u + wobble[1])
-            cx = (1 - ease) * cx0 + ease * cx1 + 0.01 * width * np.sin(3 * np.pi * u + wobble[2])
-            cy = (1 - ease) * cy0 + ease * cy1
-            m = cv2.getRotationMatrix2D(fc, float(angle), float(scale))
-            m[0, 2] += cx - fc[0]
-            m[1, 2] += cy - fc[1]
-            warped = cv2.warpAffine(rgb, m, (width, height), flags=cv2.INTER_LINEAR)
-            a = cv2.warpAffine(alpha, m, (width, height), flags=cv2.INTER_LINEAR)[..., None]
-            frame = (a * warped + (1 - a) * bg).astype(np.uint8)
-            truth.append((eyes @ m[:, :2].T + m[:, 2]).tolist())
-            vf = av.VideoFrame.from_ndarray(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+            ox = int(round(margin[0] + clip["pan"][0] * width * (2 * ease - 1)))
+            oy = int(round(margin[1] + clip["pan"][1] * height * (2 * ease - 1)))
+            frame = scene[oy:oy + height, ox:ox + width].copy()
+            if subject is not None:
+                s0, s1 = clip["scale"]
+                a0, a1 = clip["angle"]
+                (cx0, cx1), (cy0, cy1) = clip["centre"]
+                scale = (1 - ease) * s0 + ease * s1
+                angle = (1 - ease) * a0 + ease * a1 + 2.0 * np.sin(2 * np.pi * u + clip["wobble"][0])
+                cx = (1 - ease) * cx0 + ease * cx1 + 0.01 * width * np.sin(3 * np.pi * u + clip["wobble"][1])
+                cy = (1 - ease) * cy0 + ease * cy1
+                m = cv2.getRotationMatrix2D(fc, float(angle), float(scale))
+                m[0, 2] += cx - fc[0]
+                m[1, 2] += cy - fc[1]
+                truth["eyes"].append((eyes @ m[:, :2].T + m[:, 2]).tolist())
+                back = cv2.invertAffineTransform(m)
+                back[:, 2] += (ox, oy)  # picture -> scene pixels
+                behind = cv2.warpAffine(scene, back, (sw, sh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                comp = cv2.blendLinear(rgba, behind, alpha, inv_alpha)
+                hull = corners @ m.T
+                x0, y0 = max(0, int(np.floor(hull[:, 0].min()))), max(0, int(np.floor(hull[:, 1].min())))
+                x1 = min(width, int(np.ceil(hull[:, 0].max())) + 1)
+                y1 = min(height, int(np.ceil(hull[:, 1].max())) + 1)
+                if x1 > x0 and y1 > y0:
+                    m_roi = m.copy()
+                    m_roi[:, 2] -= (x0, y0)
+                    cv2.warpAffine(comp, m_roi, (x1 - x0, y1 - y0), dst=frame[y0:y1, x0:x1], flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_TRANSPARENT)
+            vf = av.VideoFrame.from_ndarray(cv2.cvtColor(frame, cv2.COLOR_RGBA2YUV_I420), format="yuv420p")
             vf.pts = i
             vf.time_base = ctx.time_base
             for packet in stream.encode(vf):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    return {"width": width, "height": height, "fps": fps, "frames": frames, "eyes": truth}
+    os.replace(tmp, path)
+    return truth
 
 
-def make_large(root: Path, n: int, seed: int = 0) -> None:
-    """make-sample's layout and annotations (its no-face and truncated clips kept), with every face
-    clip replaced by a larger, longer one; truth.json records each frame's true eyes."""
+def _write_layout(root: Path, n: int, seed: int) -> None:
+    """DFEW's annotation workbook and the 5 fold splits for clips 1..n (make-sample's votes and layout)."""
+    from pipeline.tools import make_sample as ms
+
+    rng = np.random.default_rng([seed, n, 2])
+    ambiguous = set(int(i) for i in rng.choice(np.arange(1, n + 1), size=round(0.3 * n), replace=False))
+    votes = [ms._draw_votes(rng, i in ambiguous) for i in range(1, n + 1)]
+    labels = [ms._label(v) for v in votes]
+    split = root / "EmoLabel_DataSplit"
+    for d in (root / "Annotation", split / "train(single-labeled)", split / "test(single-labeled)"):
+        d.mkdir(parents=True, exist_ok=True)
+    ms._write_atomic(root / "Annotation" / "annotation.xlsx", ms._annotation_xlsx(votes, labels))
+    single = [(i, lab) for i, lab in enumerate(labels, start=1) if lab != 0]
+    order = rng.permutation(len(single))
+    folds = [[single[j] for j in order[k::ms.N_FOLDS]] for k in range(ms.N_FOLDS)]
+    for k, test in enumerate(folds, start=1):
+        train = [row for row in single if row not in set(test)]
+        ms._write_atomic(split / "test(single-labeled)" / f"set_{k}.csv", ms._split_csv(test))
+        ms._write_atomic(split / "train(single-labeled)" / f"set_{k}.csv", ms._split_csv(train))
+
+
+def no_face_clips(kind: str, n: int, seed: int = 0) -> set[int]:
+    """The clips of 1..n that show no face: one in every 1 / (SPECS' share) from clip 11 on (orig: 11, 31,
+    51, ...), whatever n is, so a set is the first n clips of any bigger one of its kind and seed
+    (make_large links them from it)."""
+    step = max(2, round(1 / SPECS[kind]["no_face"]))
+    return set(range(11, n + 1, step))
+
+
+def make_large(root: Path, n: int, seed: int = 0, kind: str = "orig") -> None:
+    """A DFEW-layout set of `n` clips of kind `kind` (SPECS): Annotation/annotation.xlsx,
+    EmoLabel_DataSplit/{train,test}(single-labeled)/set_K.csv and Clip/original/NNNNN.mp4, and
+    truth.json (written last: the set is complete) with each clip's format and every frame's true eyes.
+
+    Two spawned renderers (a forked child of a process that ran OpenCV or onnxruntime threads can
+    hang), the longest clips first. A clip already rendered (its mp4 and .truth/NNNNN.json), here by
+    an interrupted run or in another set of the same kind and seed under the same folder (linked from
+    there), is kept."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline.tools.make_sample import make_sample
+    spec = SPECS[kind]
+    video, parts = root / "Clip" / "original", root / ".truth"
+    video.mkdir(parents=True, exist_ok=True)
+    parts.mkdir(exist_ok=True)
+    _write_layout(root, n, seed)
+    no_face = no_face_clips(kind, n, seed)
+    last = n if spec["corrupt"] else 0  # truncated below: never linked from or to another set
+    siblings = [d for d in sorted(root.parent.glob(f"{kind}*")) if d != root and d.name[len(kind):].isdigit()]
 
-    summary = make_sample(root, clips=n, seed=seed, with_frames=False)
-    keep = set(summary.no_face) | set(summary.corrupt)
-    ids = [f"{i:05d}" for i in range(1, n + 1) if f"{i:05d}" not in keep]
-    # spawn: a forked child of a process that ran OpenCV or onnxruntime threads can hang
+    def rendered(where: Path, number: int) -> bool:
+        cid = f"{number:05d}"
+        try:
+            tr = json.loads((where / ".truth" / f"{cid}.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return ((where / "Clip" / "original" / f"{cid}.mp4").exists() and tr.get("face") == (number not in no_face)
+                and tr.get("seed", 0) == seed and tr.get("kind", kind) == kind)
+
+    todo = []
+    for number in range(1, n + 1):
+        cid = f"{number:05d}"
+        if rendered(root, number):
+            continue
+        src = next((d for d in siblings if number != last and number != int(d.name[len(kind):]) * spec["corrupt"]
+                    and rendered(d, number)), None)
+        if src is not None:
+            for a, b in ((src / "Clip/original" / f"{cid}.mp4", video / f"{cid}.mp4"),
+                         (src / ".truth" / f"{cid}.json", parts / f"{cid}.json")):
+                b.unlink(missing_ok=True)
+                os.link(a, b)
+            continue
+        c = _draw_clip(kind, number, seed, number not in no_face)
+        todo.append((c["frames"] * c["width"] * c["height"], number))
+    todo.sort(reverse=True)
+    subject = {"eyes": face_eyes().tolist()} if todo else None
+    t0, done = time.perf_counter(), 0
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {cid: pool.submit(_render_large, root / "Clip/original" / f"{cid}.mp4", int(cid), seed)
-                   for cid in ids}
-        truth = {cid: f.result() for cid, f in futures.items()}
+        futures = {number: pool.submit(_render_large, video / f"{number:05d}.mp4", number, seed, kind,
+                                       None if number in no_face else subject) for _, number in todo}
+        for number, f in futures.items():
+            truth = f.result() | {"seed": seed, "kind": kind}
+            tmp = parts / f".{number:05d}.json.tmp"
+            tmp.write_text(json.dumps(truth))
+            os.replace(tmp, parts / f"{number:05d}.json")
+            done += 1
+            if done % 20 == 0:
+                print(f"  {root.name}: {done}/{len(todo)} clips rendered, {time.perf_counter() - t0:.0f} s", flush=True)
+    truth = {f"{i:05d}": json.loads((parts / f"{i:05d}.json").read_text()) for i in range(1, n + 1)}
+    if spec["corrupt"]:  # the last clip truncated to 300 bytes, as make-sample does
+        (video / f"{n:05d}.mp4").write_bytes((video / f"{n:05d}.mp4").read_bytes()[:300])
+        truth.pop(f"{n:05d}")
     (root / "truth.json").write_text(json.dumps(truth))
 
 
@@ -247,6 +465,7 @@ def run_cli(code: str, root: Path, out: Path, workers: int) -> dict[str, Any]:
 
 _NAIVE = r"""
 import sys, time, json
+import numpy as np
 t0 = time.perf_counter()
 from pathlib import Path
 import decord
@@ -267,11 +486,20 @@ for c in index_dataset(root, cfg.index).clips:
     try:
         vr = decord.VideoReader(str(root / c["source"]), num_threads=1)
         frames = vr.get_batch(list(range(len(vr)))).asnumpy()
-        crops, _ = align_frames(frames, det, acfg)
-    except (decord.DECORDError, RuntimeError, ClipRejected):
+    except (decord.DECORDError, RuntimeError):
         continue
-    crops = crops[sample_indices(len(crops), cfg.decode.num_frames)]
-    kept += 1
+    # every frame alone (detect_every=1, no smoothing), 16 at a time: one batch of a 1080p clip's
+    # frames at full size needs ~20 GB in the detector
+    crops = []
+    for i in range(0, len(frames), 16):
+        try:
+            crops.append(align_frames(frames[i:i + 16], det, acfg)[0])
+        except ClipRejected:
+            pass
+    if crops:
+        crops = np.concatenate(crops)
+        crops = crops[sample_indices(len(crops), cfg.decode.num_frames)]
+        kept += 1
 print(json.dumps({"kept": kept, "seconds": time.perf_counter() - t0}))
 """
 
@@ -287,30 +515,29 @@ def run_naive(code: str, root: Path) -> dict[str, Any]:
 
 
 def bench_speed(sets: dict[str, Path], out: Path, before: str, repeat: int, worker_counts: list[int],
-                repeat_small: int) -> list[str]:
+                repeat_small: int, small: list[str], main: str = "", naive: bool = True) -> list[str]:
+    """Every set with 1 and 2 workers, after and before alternately; the naive anchor on the `small` sets
+    (the few-dozen-clip jobs) and each one's "x naive"; `main`'s after runs write shards_w<N> (what
+    bench_mix.py and bench_loader.py read)."""
     codes = {"after": CODE} | ({"before": before} if before else {})
     rows: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
-    names = list(sets)
-    small, main = names[0], names[min(1, len(names) - 1)]
     for i in range(max(repeat, repeat_small)):
         for name, root in sets.items():
-            if i >= (repeat_small if name == small else repeat):
+            if i >= (repeat_small if name in small else repeat):
                 continue
             for workers in worker_counts:
                 for label, code in codes.items():  # alternate, so load changes hit both
-                    # the main set's output as before (bench_mix.py and bench_loader.py read shards_w2)
                     mine = (label, name) == ("after", main)
                     dest = f"shards_w{workers}" if mine else f"shards_{label}_{name}_w{workers}"
                     r = run_cli(code, root, out / dest, workers)
                     rows.setdefault((name, workers, label), []).append(r)
                     print(f"  {label:6s} {name:10s} w{workers}: {r['wall']:.1f} s", flush=True)
-    naive = [run_naive(CODE, sets[small]) for _ in range(repeat)]
     lines = [
         "| set | workers | code | clips (written) | wall s (incl. start-up; median of runs) | clips/s | "
         "DFEW 16,372 clips | peak RSS per worker (MB) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (name, workers, label), runs in rows.items():
+    for (name, workers, label), runs in sorted(rows.items(), key=lambda kv: (list(sets).index(kv[0][0]), kv[0][1])):
         wall = float(np.median([r["wall"] for r in runs]))
         s = runs[0]["summary"]
         rate = s["processed"] / wall
@@ -318,13 +545,16 @@ def bench_speed(sets: dict[str, Path], out: Path, before: str, repeat: int, work
         lines.append(f"| {name} | {workers} | {label} | {s['processed']} ({s['written']}) | {wall:.1f} ({walls}) | "
                      f"{rate:.2f} | "
                      f"{DFEW_CLIPS / rate / 60:.0f} min | {max(r['rss'] for r in runs) / 2**20:.0f} |")
-    nwall = float(np.median([r["wall"] for r in naive]))
-    lines += ["", f"Naive anchor on {small} (one process, start-up included; decode every frame, detect on every "
-              f"full-size frame): {nwall:.1f} s, {naive[0]['kept']} clips kept."]
-    for label in codes:
-        ours = float(np.median([r["wall"] for r in rows[(small, max(worker_counts), label)]]))
-        lines.append(f"- {label}: `build-shards --workers {max(worker_counts)}` on {small} takes {ours:.1f} s "
-                     f"(median): {nwall / ours:.1f}x faster than the naive anchor.")
+    print("\n".join(lines), flush=True)  # the naive anchor takes long: the table so far first
+    anchors = {name: [run_naive(CODE, sets[name]) for _ in range(repeat)] for name in sets if name in small and naive}
+    for name, runs in anchors.items():
+        nwall = float(np.median([r["wall"] for r in runs]))
+        lines += ["", f"Naive anchor on {name} (one process, start-up included; decode every frame, detect on every "
+                  f"full-size frame): {nwall:.1f} s, {runs[0]['kept']} clips kept."]
+        for label in codes:
+            ours = float(np.median([r["wall"] for r in rows[(name, max(worker_counts), label)]]))
+            lines.append(f"- {label}: `build-shards --workers {max(worker_counts)}` on {name} takes {ours:.1f} s "
+                         f"(median): {nwall / ours:.1f}x naive.")
     return lines
 
 
@@ -333,8 +563,9 @@ def bench_speed(sets: dict[str, Path], out: Path, before: str, repeat: int, work
 # (module, attribute, stage): wrapped by a timer in the driver and in every Ray worker. A method is
 # "module:Class.method". Names a checkout does not have are skipped (before/after differ).
 STAGES = [
-    ("pipeline.decode", "decode_video", "decode: open + seek + read (decord)"),
-    ("pipeline.decode", "decode_frame_folder", "decode: open + seek + read (decord)"),
+    ("pipeline.decode", "decode_video", "decode: open + demux + decode (decord or PyAV)"),
+    ("pipeline.decode", "decode_frame_folder", "decode: open + demux + decode (decord or PyAV)"),
+    ("pipeline.decode", "_rgb", "decode: to RGB at the decoded size (PyAV)"),
     ("pipeline.align", "_downscale", "detect: resize frames / cut windows"),
     ("pipeline.align", "_detect_roi", "detect: resize frames / cut windows"),
     ("pipeline.align", "RetinaFaceDetector.detect", "detect: pre/post-processing (numpy, NMS)"),
@@ -494,10 +725,12 @@ def run_profile(code: str, root: Path, out: Path, workers: int) -> dict[str, Any
     return doc | {"stages": workers_acc}
 
 
-def bench_profile(sets: dict[str, Path], out: Path, before: str) -> list[str]:
+def bench_profile(sets: dict[str, Path], out: Path, before: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """The per-stage table of every set but `skip` (the make-sample small job: too few clips to say much)."""
     lines: list[str] = []
-    for name in list(sets)[1:]:
-        lines += _profile_table(name, sets[name], out, before) + [""]
+    for name in sets:
+        if name not in skip:
+            lines += _profile_table(name, sets[name], out, before) + [""]
     return lines
 
 
@@ -592,8 +825,27 @@ def _clip_metrics(eyes: np.ndarray, size: int) -> dict[str, float]:
             "eye error (px)": float(np.linalg.norm(eyes - tm, axis=2).mean())}
 
 
-def bench_quality(sets: dict[str, Path], limit: int) -> list[str]:
-    import decord
+def parse_quality_configs(text: str) -> dict[str, dict[str, Any]]:
+    """`--quality-configs`: configs separated by ';', each `label` or `label:key=value,key=value` (build
+    config overrides, as --set takes them); the label `old` alone means OLD (the bytes of the code before
+    tracking), `defaults` alone the defaults."""
+    import yaml
+
+    configs: dict[str, dict[str, Any]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        label, _, rest = part.partition(":")
+        if not rest and label == "old":
+            label, overrides = "old (roi_size=0, detect_max_side=640)", dict(OLD)
+        else:
+            overrides = {k.strip(): yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
+        configs[label] = overrides
+    return configs
+
+
+def bench_quality(sets: dict[str, Path], limit: int, configs: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """Each config's alignment of each set's first `limit` clips (configs: label -> build overrides;
+    default: OLD against the defaults); against the truth of the bench's own sets too (truth.json)."""
+    import cv2  # noqa: F401 - before anything that may import decord
 
     from pipeline.align import get_detector, track_face
     from pipeline.config import AlignConfig, BuildConfig, load_config
@@ -601,8 +853,8 @@ def bench_quality(sets: dict[str, Path], limit: int) -> list[str]:
     from pipeline.errors import ClipRejected
     from pipeline.index import index_dataset
 
-    configs = {"before (roi_size=0, detect_max_side=640)": load_config(BuildConfig, None, dict(OLD)).align,
-               "after (defaults)": AlignConfig()}
+    configs = configs or parse_quality_configs("old;defaults")
+    builds = {label: load_config(BuildConfig, None, dict(o)) for label, o in configs.items()}
     finder = get_detector(AlignConfig(detect_max_side=4096, roi_size=0, min_score=0.5))
     lines = []
     for name, root in sets.items():
@@ -611,25 +863,36 @@ def bench_quality(sets: dict[str, Path], limit: int) -> list[str]:
         clips = index_dataset(root, cfg.index).clips[:limit]
         metrics: dict[str, dict[str, dict[str, list[float]]]] = {c: {"reference": {}, "truth": {}} for c in configs}
         det = {c: [0, 0, 0, 0] for c in configs}  # clips kept, clips, frames with a face, frames tried
+        faces = {c: [0, 0, 0, 0] for c in configs}  # by the truth: face clips kept, face clips, no-face kept, no-face
         seconds = {c: 0.0 for c in configs}
         for clip in clips:
-            try:
-                frames = decode_clip(root, clip, cfg.decode)
-            except ClipRejected:
-                continue
-            boxes = [None if f is None else f.box for f in finder.detect(frames)]
-            refs = {"reference": reference_landmarks(frames, boxes)}
-            if truth is not None and clip["clip_id"] in truth:
-                tr = truth[clip["clip_id"]]
-                n = len(decord.VideoReader(str(root / clip["source"]), num_threads=1))
-                k = np.array([frames.shape[2] / tr["width"], frames.shape[1] / tr["height"]])
-                refs["truth"] = [(np.array(tr["eyes"][i]) + 0.5) * k - 0.5
-                                 for i in sample_indices(min(n, tr["frames"]), cfg.decode.num_frames)]
-            for label, acfg in configs.items():
+            decoded: dict[str, np.ndarray | None] = {}  # by decode config: its frames, and their landmarks
+            landmarks: dict[str, dict[str, list[np.ndarray | None]]] = {}
+            tr = truth.get(clip["clip_id"]) if truth is not None else None
+            for label, build in builds.items():
+                key = repr(build.decode)
+                if key not in decoded:
+                    try:
+                        decoded[key] = decode_clip(root, clip, build.decode)
+                    except ClipRejected:
+                        decoded[key] = None
+                frames = decoded[key]
+                if frames is None:
+                    continue
+                if key not in landmarks:  # the reference and true landmarks, once per decoded size
+                    boxes = [None if f is None else f.box for f in finder.detect(frames)]
+                    landmarks[key] = {"reference": reference_landmarks(frames, boxes)}
+                    if tr is not None and tr.get("face", True):
+                        k = np.array([frames.shape[2] / tr["width"], frames.shape[1] / tr["height"]])
+                        landmarks[key]["truth"] = [(np.array(tr["eyes"][i]) + 0.5) * k - 0.5
+                                                   for i in sample_indices(tr["frames"], len(frames))]
+                refs = landmarks[key]
                 det[label][1] += 1
+                if tr is not None:
+                    faces[label][1 if tr.get("face", True) else 3] += 1
                 t = time.perf_counter()
                 try:
-                    matrices, stats = track_face(frames, get_detector(acfg), acfg, clip["clip_id"])
+                    matrices, stats = track_face(frames, get_detector(build.align), build.align, clip["clip_id"])
                 except ClipRejected:
                     seconds[label] += time.perf_counter() - t
                     continue
@@ -637,25 +900,32 @@ def bench_quality(sets: dict[str, Path], limit: int) -> list[str]:
                 det[label][0] += 1
                 det[label][2] += stats["face_frames"]
                 det[label][3] += stats["face_tried"]
+                if tr is not None:
+                    faces[label][0 if tr.get("face", True) else 2] += 1
                 for kind, lms in refs.items():
                     eyes = np.array([lm[:2] @ m[:, :2].T + m[:, 2] for lm, m in zip(lms, matrices, strict=True)
                                      if lm is not None])
                     if len(eyes) >= 2:
-                        for key, v in _clip_metrics(eyes, acfg.frame_size).items():
-                            metrics[label][kind].setdefault(key, []).append(v)
+                        for k, v in _clip_metrics(eyes, build.align.frame_size).items():
+                            metrics[label][kind].setdefault(k, []).append(v)
         keys = list(_clip_metrics(np.ones((2, 2, 2)) + [[[0, 0], [1, 0]]], 112))
         lines += ["", f"Alignment quality, {name} ({len(clips)} clips; mean over clips; 112 px crop units)", "",
-                  "| config | landmarks | clips kept | faces found / frames tried | align ms/clip | " + " | ".join(keys)
-                  + " |",
-                  "|---|---|---|---|---|" + "---|" * len(keys)]
+                  "| config | landmarks | clips kept | face clips kept (truth) | no-face clips kept (truth) | "
+                  "faces found / frames tried | align ms/clip | " + " | ".join(keys) + " |",
+                  "|---|---|---|---|---|---|---|" + "---|" * len(keys)]
         for label in configs:
             kept, total, found, tried = det[label]
+            fk, ft, nk, nt = faces[label]
             for kind, vals in metrics[label].items():
                 if not vals:
                     continue
-                lines.append(f"| {label} | {kind} | {kept}/{total} | {found}/{tried} | "
-                             f"{1000 * seconds[label] / max(1, total):.0f} | "
+                by_truth = f"{fk}/{ft} | {nk}/{nt}" if truth else "- | -"
+                ms = 1000 * seconds[label] / max(1, total)
+                lines.append(f"| {label} | {kind} | {kept}/{total} | {by_truth} | {found}/{tried} | {ms:.0f} | "
                              + " | ".join(f"{np.mean(vals[k]):.3f}" for k in keys) + " |")
+        overrides = "; ".join(f"{label}: {', '.join(f'{k}={v}' for k, v in o.items()) or 'defaults'}"
+                              for label, o in configs.items())
+        lines += ["", f"Configs: {overrides}."]
     return lines
 
 
@@ -666,34 +936,48 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clips", type=int, default=260, help="make-sample clips of the main set")
     ap.add_argument("--small", type=int, default=30, help="make-sample clips of the small job")
-    ap.add_argument("--large", type=int, default=40, help="clips of the large set (0: none)")
+    ap.add_argument("--orig", type=int, default=260, help="clips of the DFEW-like originals set (0: none)")
+    ap.add_argument("--mixed", type=int, default=30, help="clips of the mixed-size set, a small job (0: none)")
+    ap.add_argument("--large", type=int, default=0, help="clips of issue 17's large set (0: none)")
+    ap.add_argument("--sets", default="", help="the sets to make and run, by name or kind "
+                    "(e.g. orig260,mixed30 or sample,orig); default: all of the above")
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--before", default="", help="a checkout of the code to compare with (git worktree add ...)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each speed measurement (median)")
-    ap.add_argument("--repeat-small", type=int, default=3, help="runs of the small job's speed measurements")
+    ap.add_argument("--repeat-small", type=int, default=3, help="runs of the small jobs' speed measurements")
     ap.add_argument("--quality-clips", type=int, default=80, help="clips per set for the quality table")
+    ap.add_argument("--quality-configs", default="old;defaults",
+                    help="the configs the quality table compares: 'label:key=value,key=value;label2:...'; "
+                    "'old' alone is the config whose bytes the code before tracking wrote, 'defaults' the defaults")
     ap.add_argument("--parts", default="speed,profile,quality")
     ap.add_argument("--workers", default="1,2", help="worker counts of the speed runs")
+    ap.add_argument("--report", default="build.md", help="the tables' file under --out")
+    ap.add_argument("--no-naive", action="store_true", help="speed without the naive anchor (it takes long)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    sets = make_sets(out, args.clips, args.small, args.large)
+    only = [s for s in args.sets.split(",") if s] or None
+    sets = make_sets(out, args.clips, args.small, args.large, args.orig, args.mixed, only)
+    if not sets:
+        raise SystemExit(f"--sets {args.sets}: none of sample{args.small}, sample{args.clips}, orig{args.orig}, "
+                         f"mixed{args.mixed}, large{args.large}")
     before = str(Path(args.before).resolve()) if args.before else ""
     parts = args.parts.split(",")
+    small = [f"sample{args.small}", f"mixed{args.mixed}"]
     load = os.getloadavg()
     lines = [f"build-shards, T=16, S=112, {os.cpu_count()} cores, load average {load[0]:.1f} at the start "
-             f"({time.strftime('%Y-%m-%d %H:%M')})", ""]
+             f"({time.strftime('%Y-%m-%d %H:%M')}); sets: {', '.join(sets)}", ""]
     if "speed" in parts:
         lines += bench_speed(sets, out, before, args.repeat, [int(w) for w in args.workers.split(",")],
-                             args.repeat_small) + [""]
+                             args.repeat_small, small, f"sample{args.clips}", not args.no_naive) + [""]
     if "profile" in parts:
-        lines += bench_profile(sets, out, before) + [""]
+        lines += bench_profile(sets, out, before, skip=(f"sample{args.small}",)) + [""]
     if "quality" in parts:
-        lines += bench_quality(sets, args.quality_clips) + [""]
+        lines += bench_quality(sets, args.quality_clips, parse_quality_configs(args.quality_configs)) + [""]
     lines.append(f"load average at the end: {os.getloadavg()[0]:.1f}")
     text = "\n".join(lines) + "\n"
-    (out / "build.md").write_text(text)
+    (out / args.report).write_text(text)
     print(text)
 
 
