@@ -564,6 +564,8 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
     writes: dict[Any, str] = {}
     parquet = {"classes": tuple(cfg.index.classes), "frames_compression": cfg.write.frames_compression}
     died = _worker_died_errors(ray)
+    lost = tuple(getattr(ray.exceptions, n) for n in ("ObjectLostError", "OwnerDiedError")
+                 if hasattr(ray.exceptions, n))  # ObjectReconstructionFailedError is an ObjectLostError
     done = 0
     try:
         while queue or suspects or pending or writes:
@@ -580,7 +582,20 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
             ready, _ = ray.wait(list(pending) + list(writes), num_returns=1)
             for ref in ready:
                 if ref in writes:
-                    states[writes.pop(ref)] = ray.get(ref)
+                    name = writes.pop(ref)
+                    try:
+                        states[name] = ray.get(ref)
+                    except (ray.exceptions.RayTaskError, *lost) as e:
+                        if not isinstance(e, lost) and not isinstance(getattr(e, "cause", None), lost):
+                            raise
+                        # A node died holding crops of this shard: Ray does not rebuild them (clip tasks are
+                        # not retried, see above), so the shard's clips are processed again.
+                        logger.info("crops of shard %s were lost with a node: processing its clips again", name)
+                        ids_all = shard_of[name]["clip_ids"]
+                        queue += [(name, ids_all[i : i + per_task]) for i in range(0, len(ids_all), per_task)][::-1]
+                        got[name] = []
+                        done -= len(ids_all)
+                        continue
                     write_index(out, _index_doc(cfg, states, counts(), complete=False))
                     if remote:
                         push(out, remote, [INDEX_NAME])
