@@ -4,10 +4,12 @@ The detector runs on a subset of the sampled frames. With `roi_size` (the defaul
 the face: found once on the whole frame (downscaled), then searched in a window around the
 last face, resized so the face is ~110 px whatever the video's size (cheaper than a whole
 frame and steadier landmarks); without, every detection is on the whole downscaled frame.
+That search is cheap; when it finds no face, or too few, every frame is searched whole at the
+decoded size before the clip is judged (a cascade: the cost falls on the clips that need it).
 Each detected frame gets the similarity transform (cv2.estimateAffinePartial2D) that maps
 its 5 landmarks onto the standard 5-point template (ArcFace's, scaled to S). Frames not tried
 are interpolated, frames tried without a face take the nearest detected frame's transform,
-and a centred moving average over time keeps the crop from jittering.
+and a centred moving average over time keeps the crop from jittering; neither spans a scene cut.
 """
 
 from __future__ import annotations
