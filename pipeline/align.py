@@ -397,11 +397,12 @@ def _detect_everywhere(detector: Detector, frames: np.ndarray, cfg: AlignConfig,
         if face is not None and cfg.roi_size:
             face = _detect_roi(detector, frames[t], face.box, cfg.roi_size) or face
         faces[t] = face
+    searched = set(need)
     if cfg.roi_size:  # then tracked from the faces found: a small face the whole frame shows only now and then
         for order in (range(len(faces)), range(len(faces) - 1, -1, -1)):  # forwards, then backwards
             last = None
             for t in order:
-                if faces[t] is None and last is not None and t in need:
+                if faces[t] is None and last is not None and t in searched:
                     faces[t] = _detect_roi(detector, frames[t], last.box, cfg.roi_size)
                 last = faces[t] or last
     for t in sorted(same):
