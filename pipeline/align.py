@@ -92,7 +92,9 @@ class RetinaFaceDetector:
 
         floor = self.min_score if min_score is None else min_score
         n, h, w, _ = images.shape
-        loc, conf, pts = self.session.run(None, {"input": _to_input(images)})
+        step = max(1, _RUN_PIXELS // (h * w))  # a batch of whole frames runs slower than its frames one by one
+        runs = [self.session.run(None, {"input": _to_input(images[i : i + step])}) for i in range(0, n, step)]
+        loc, conf, pts = (np.concatenate(parts) for parts in zip(*runs, strict=True))
         anchors = _anchors(w, h)
         out: list[Face | None] = []
         for i in range(n):
@@ -113,6 +115,10 @@ class RetinaFaceDetector:
             out.append(_best(faces, self.min_score))
         return out
 
+
+# Pixels per ONNX run: 16 frames of 640x360 in one run take 20-30 ms a frame, one at a time 15-17 ms (the
+# batch's activations leave the cache); the outputs are the same to the bit. One 640x360 frame, 4 of 320x180.
+_RUN_PIXELS = 1 << 18
 
 # RetinaFace's training mean, BGR (the package's own preprocessing: BGR minus mean, NCHW float32).
 _MEAN_BGR = (104.0, 117.0, 127.0)

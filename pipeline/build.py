@@ -536,6 +536,23 @@ def _clips_per_task(total: int, workers: int) -> int:
     return max(1, min(8, total // (16 * workers)))
 
 
+def _runs(todo: list[dict], per_task: int, workers: int) -> list[tuple[str, list[str]]]:
+    """Runs of up to per_task clips of one shard, in plan order (a task never spans two shards).
+    With `workers`, the runs shrink towards the end, each at most 1/(4 x workers) of the clips left
+    to go (guided self-scheduling): the workers end together, instead of one idling through the
+    other's last 8-clip run (~1.5 s of 720p originals)."""
+    left = sum(len(s["clip_ids"]) for s in todo)
+    runs = []
+    for s in todo:
+        ids, i = s["clip_ids"], 0
+        while i < len(ids):
+            k = min(per_task, max(1, left // (4 * workers))) if workers else per_task
+            runs.append((s["name"], ids[i : i + k]))
+            i += k
+            left -= len(ids[i - k : i])
+    return runs
+
+
 def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict[str, dict],
                 states: dict[str, dict], counts: Callable[[], dict], summary: BuildSummary,
                 on_progress: Callable[[int, int], None] | None, remote: str) -> None:
@@ -555,8 +572,7 @@ def _run_shards(cfg: BuildConfig, out: Path, todo: list[dict], clips_by_id: dict
     out_s = str(out.resolve())
     total = sum(len(s["clip_ids"]) for s in todo)
     per_task = cfg.ray.clips_per_task or _clips_per_task(total, workers)
-    # Runs of up to per_task clips of one shard, in plan order: a task never spans two shards.
-    queue = [(s["name"], s["clip_ids"][i : i + per_task]) for s in todo for i in range(0, len(s["clip_ids"]), per_task)]
+    queue = _runs(todo, per_task, workers if not cfg.ray.clips_per_task else 0)
     queue.reverse()  # popped from the end
     shard_of = {s["name"]: s for s in todo}
     pending: dict[Any, tuple[str, list[str], Any]] = {}  # rows ref -> (shard, clip_ids, crops ref)

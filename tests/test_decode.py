@@ -151,7 +151,7 @@ def test_decoding_only_what_the_sampled_frames_need_gives_decords_frames(movie_c
 
 
 def test_scaled_down_frames_match_decords(movie_clips):
-    """At reduced size the planes are resized by OpenCV (INTER_AREA) instead of swscale: the same frames,
+    """At reduced size the planes are resized by OpenCV (2x: INTER_AREA) instead of swscale: the same frames,
     within a few levels of decord's scaled pixels; decode.decoder=decord gives decord's bytes."""
     path = movie_clips["x264_720p"]
     got = decode_clip(path.parent, {"clip_id": "x", "source": path.name, "source_kind": "video"}, DecodeConfig())
@@ -163,6 +163,18 @@ def test_scaled_down_frames_match_decords(movie_clips):
     old = decode_clip(path.parent, {"clip_id": "x", "source": path.name, "source_kind": "video"},
                       DecodeConfig(decoder="decord"))
     np.testing.assert_array_equal(old, want)
+
+
+@pytest.mark.parametrize("size", [(960, 540), (1600, 900)])
+def test_frames_scaled_by_other_factors_match_decords(tmp_path, size):
+    """A factor under 2 (960x540) is resized bilinearly, one over 2 (1600x900) halved first: within a few
+    levels of decord's scaled pixels, as at exactly 2x."""
+    path = _long_gop_mp4(tmp_path / "v.mp4", 12, size)
+    got = decode_clip(tmp_path, {"clip_id": "x", "source": path.name, "source_kind": "video"}, DecodeConfig())
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=640, height=360, num_threads=1)
+    want = vr.get_batch(sample_indices(len(vr), 16).tolist()).asnumpy()
+    assert got.shape == want.shape == (16, 360, 640, 3)
+    assert np.abs(got.astype(int) - want).mean() < 3.0
 
 
 def test_a_movie_cut_short_is_named_truncated(tmp_path):
