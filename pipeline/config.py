@@ -165,7 +165,8 @@ class WriteConfig:
 class RayConfig:
     workers: int = 0  # clips processed at once (0 = all cores of the local machine / cluster)
     address: str = ""  # join this Ray cluster ("" = RAY_ADDRESS if set, else start a local Ray)
-    clips_per_task: int = 0  # clips one Ray task decodes and aligns (0 = auto: 1 for small jobs, up to 8)
+    # clips one Ray task decodes and aligns (0 = auto: 1 for small jobs, up to 8, fewer over the last clips)
+    clips_per_task: int = 0
 
     def __post_init__(self) -> None:
         _check_range("ray.workers", self.workers, 0, 100_000)

@@ -229,6 +229,23 @@ def test_runs_of_clips_per_task_write_the_same_bytes(built, sample, ray_session,
     assert a.keys() == b.keys() and [k for k in a if a[k] != b[k]] == []
 
 
+def test_runs_shrink_over_the_last_clips_and_never_span_shards():
+    """Auto-sized runs end with single clips (the workers finish together); a fixed size stays fixed."""
+    from pipeline.build import _runs
+
+    todo = [{"name": f"s{j}", "clip_ids": [f"{j}-{i}" for i in range(n)]} for j, n in enumerate([80, 77, 80, 83])]
+    for workers, fixed in ((2, False), (0, True)):
+        runs = _runs(todo, 8, workers)
+        assert [c for _, ids in runs for c in ids] == [c for s in todo for c in s["clip_ids"]]
+        assert all(ids[0].split("-")[0] == name[1:] == ids[-1].split("-")[0] for name, ids in runs)
+        sizes = [len(ids) for _, ids in runs]
+        assert max(sizes) == 8
+        if fixed:
+            assert len(runs) == sum(-(-len(s["clip_ids"]) // 8) for s in todo)
+        else:
+            assert sizes[-6:] == [1] * 6 and len(runs) < 1.5 * len(_runs(todo, 8, 0))  # a few more tasks
+
+
 def test_a_build_from_before_tracking_resumes_with_the_old_settings(built, sample, tmp_path):
     """A plan.json written before align.roi_size (and the PyAV decoder, min_face_share, smooth_max_shift)
     existed reads with the values of that time: the new defaults are refused with the differences named,
