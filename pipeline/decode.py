@@ -8,6 +8,7 @@ instead of padding with black or with frame 0.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +94,16 @@ def decode_video(path: Path, clip_id: str, cfg: DecodeConfig, name: str = "") ->
         idx = sample_indices(n, cfg.num_frames).tolist()
         width, height = stream.codec_context.width, stream.codec_context.height
         out_size = _reduced_size(width, height, cfg.decode_max_side) if width and height else None
+
+        def rgb(frame: Any) -> np.ndarray:
+            return _rgb(frame, out_size, cfg.resize)
+
         try:
             if None in pts or len(set(pts)) != n:  # no usable timestamps: decode every frame in order
-                frames = _decode_all_sampled(container, stream, idx, out_size)
+                frames = _decode_all_sampled(container, stream, idx, rgb)
             else:
                 order = sorted(pts)
-                got = _decode_sampled(stream, packets, {order[i] for i in idx}, out_size)
+                got = _decode_sampled(stream, packets, {order[i] for i in idx}, rgb)
                 frames = [got.get(order[i]) for i in idx]
         except (av.FFmpegError, OSError, ValueError) as e:
             raise reject(f"cannot decode the {len(idx)} sampled frames of {n}: {broken}") from e
@@ -112,7 +117,7 @@ def decode_video(path: Path, clip_id: str, cfg: DecodeConfig, name: str = "") ->
 
 
 def _decode_sampled(stream: Any, packets: list, want: set[int],
-                    size: tuple[int, int] | None) -> dict[int, np.ndarray]:
+                    rgb: Callable[[Any], np.ndarray]) -> dict[int, np.ndarray]:
     """pts -> RGB frame for the frames in `want`; stops once the last one is out."""
     ctx = stream.codec_context
     got: dict[int, np.ndarray] = {}
@@ -124,36 +129,37 @@ def _decode_sampled(stream: Any, packets: list, want: set[int],
             skipping = skip
         for frame in ctx.decode(packet):
             if frame.pts in want:
-                got[frame.pts] = _rgb(frame, size)
+                got[frame.pts] = rgb(frame)
         if len(got) == len(want):
             return got
     ctx.skip_frame = "DEFAULT"
     for frame in ctx.decode(None):  # flush the frames the decoder still holds back (B-frame reordering)
         if frame.pts in want:
-            got[frame.pts] = _rgb(frame, size)
+            got[frame.pts] = rgb(frame)
     return got
 
 
 def _decode_all_sampled(container: Any, stream: Any, idx: list[int],
-                        size: tuple[int, int] | None) -> list[np.ndarray | None]:
+                        rgb: Callable[[Any], np.ndarray]) -> list[np.ndarray | None]:
     """Every frame decoded in output order (a file without usable timestamps); the sampled ones kept."""
     container.seek(0, stream=stream)
     wanted = set(idx)
     got: dict[int, np.ndarray] = {}
     for i, frame in enumerate(container.decode(stream)):
         if i in wanted:
-            got[i] = _rgb(frame, size)
+            got[i] = rgb(frame)
         if len(got) == len(wanted):
             break
     return [got.get(i) for i in idx]
 
 
-def _rgb(frame: Any, size: tuple[int, int] | None) -> np.ndarray:
+def _rgb(frame: Any, size: tuple[int, int] | None, resize: str = "halve") -> np.ndarray:
     """A decoded frame -> uint8 H x W x 3 RGB at `size`.
 
     At the native size swscale converts (decord's bytes exactly). Scaled 4:2:0 limited-range
-    frames are resized plane by plane (_shrink) and converted by OpenCV: 0.4-1 ms a frame against
-    swscale's 1.5-3, within a few levels of decord's pixels (bench/bench_decode.py)."""
+    frames are resized plane by plane (`resize`: "halve", _shrink; "area", INTER_AREA at any factor,
+    the bytes of the first PyAV builds) and converted by OpenCV: 0.4-1 ms a frame against swscale's
+    1.5-3, within a few levels of decord's pixels (bench/bench_decode.py)."""
     import cv2
 
     w, h = frame.width, frame.height
@@ -165,9 +171,11 @@ def _rgb(frame: Any, size: tuple[int, int] | None) -> np.ndarray:
         uv = yuv[h:].reshape(2, h // 2, w // 2)
         i420 = np.empty((rh * 3 // 2, rw), dtype=np.uint8)  # the same layout at the reduced size
         chroma = i420[rh:].reshape(2, rh // 2, rw // 2)
-        i420[:rh] = _shrink(yuv[:h], (rw, rh))
-        for c in range(2):
-            chroma[c] = _shrink(uv[c], (rw // 2, rh // 2))
+        for src, dst in ((yuv[:h], i420[:rh]), (uv[0], chroma[0]), (uv[1], chroma[1])):
+            if resize == "area":
+                cv2.resize(src, dst.shape[::-1], dst=dst, interpolation=cv2.INTER_AREA)
+            else:
+                dst[:] = _shrink(src, dst.shape[::-1])
         return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420)
     return frame.to_ndarray(width=rw, height=rh, format="rgb24", interpolation="AREA")
 

@@ -247,8 +247,8 @@ def test_runs_shrink_over_the_last_clips_and_never_span_shards():
 
 
 def test_a_build_from_before_tracking_resumes_with_the_old_settings(built, sample, tmp_path):
-    """A plan.json written before align.roi_size (and the PyAV decoder, min_face_share, smooth_max_shift)
-    existed reads with the values of that time: the new defaults are refused with the differences named,
+    """A plan.json written before align.roi_size (and the PyAV decoder, min_face_share, smooth_max_shift,
+    decode.resize) existed reads with the values of that time: the new defaults are refused with the differences named,
     the old settings resume it (dry run: no Ray)."""
     import shutil
 
@@ -269,5 +269,6 @@ def test_a_build_from_before_tracking_resumes_with_the_old_settings(built, sampl
         plan_build(build_config(sample.root, out, **base))
     assert "align.roi_size: 0 on disk, 192 now" in str(e.value)
     assert "decode.decoder: 'decord' on disk, 'pyav' now" in str(e.value)
+    assert "decode.resize: 'area' on disk, 'halve' now" in str(e.value)  # the first PyAV builds' resize
     old = build_config(sample.root, out, **base, **BUILD_FIELDS_ADDED, **{"align.detect_max_side": 640})
     assert plan_build(old)["shards_done"] == len(plan["shards"])

@@ -255,3 +255,24 @@ def test_without_frames_and_min_size(tmp_path: Path) -> None:
     s = make_sample(tmp_path / "noframes", clips=7, seed=3, with_frames=False, workers=1)
     assert not (s.root / "Clip" / "clip_224x224").exists()
     assert len(list((s.root / "Clip" / "original").glob("*.mp4"))) == 7
+
+
+def test_make_sample_forks_cleanly_after_the_caller_ran_opencv_threads(tmp_path: Path) -> None:
+    """A caller that ran OpenCV's thread pool (a test session that decoded first, a notebook) used to
+    hang in the forked workers (resizing a pool whose threads they lack); run in a child with a timeout."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, cv2, numpy as np\n"
+        "from pathlib import Path\n"
+        "from pipeline.tools.make_sample import make_sample\n"
+        "cv2.setNumThreads(2)\n"
+        "cv2.resize(np.zeros((2000, 2000), np.uint8), (1111, 1111), interpolation=cv2.INTER_AREA)\n"
+        "make_sample(Path(sys.argv[1]), clips=7, workers=2, with_frames=False)\n"
+        "assert cv2.getNumThreads() == 2\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "s")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((tmp_path / "s" / "Clip" / "original").glob("*.mp4"))) == 7

@@ -548,8 +548,10 @@ def _usable_cpus() -> int:
 
 
 def _init_worker() -> None:
-    """Worker processes already give one clip per core; OpenCV's own pool would oversubscribe."""
-    cv2.setNumThreads(1)
+    """Worker processes already give one clip per core; OpenCV's own pool would oversubscribe. (The
+    parent set 1 before forking: resizing a pool inherited from a parent that ran OpenCV threads hangs.)"""
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
 
 
 def _make_clip(out_dir: Path, number: int, seed: int, source: str, truncate: bool, with_frames: bool,
@@ -640,20 +642,28 @@ def make_sample(
         # fork: workers start instantly and, unlike spawn/forkserver, never re-run the
         # caller's __main__ (so unguarded scripts and `python -` work).  Children only
         # run numpy/OpenCV/PyAV code, so threads of the parent (tqdm monitor,
-        # onnxruntime pool) are not touched after the fork.
+        # onnxruntime pool) are not touched after the fork, except OpenCV's pool: it is
+        # ended here first, as a forked child that resizes a pool whose threads it did not
+        # inherit (the parent had run OpenCV, e.g. a test session) hangs in pthread_cond_destroy.
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-        with ProcessPoolExecutor(max_workers=min(workers, clips), mp_context=ctx, initializer=_init_worker) as pool:
-            futures = [pool.submit(_make_clip, *task) for task in tasks]
-            try:
-                for fut in as_completed(futures):
-                    logger.debug(fut.result())
-                    if progress is not None:
-                        progress(1)
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            with ProcessPoolExecutor(max_workers=min(workers, clips), mp_context=ctx,
+                                     initializer=_init_worker) as pool:
+                futures = [pool.submit(_make_clip, *task) for task in tasks]
+                try:
+                    for fut in as_completed(futures):
+                        logger.debug(fut.result())
+                        if progress is not None:
+                            progress(1)
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+        finally:
+            cv2.setNumThreads(threads)
 
     _write_atomic(ann_dir / "annotation.xlsx", _annotation_xlsx(votes, labels))
 
