@@ -277,8 +277,9 @@ def _check_plan(out: Path, cfg: BuildConfig, plan: list[dict[str, Any]], write: 
         stored = with_added_fields(old["config"])
         if stored != doc["config"]:
             diffs = _diff(stored, doc["config"])
+            diffs = diffs[:8] + [f"{len(diffs) - 8} more"] * (len(diffs) > 8)
             raise BuildError(
-                f"{out} holds a build with another config ({'; '.join(diffs[:5])}); "
+                f"{out} holds a build with another config ({'; '.join(diffs)}); "
                 "pass --overwrite to rebuild it or choose another --out"
             )
         if old["shards"] != plan:
