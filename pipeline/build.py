@@ -548,9 +548,10 @@ def _runs(todo: list[dict], per_task: int, workers: int) -> list[tuple[str, list
         ids, i = s["clip_ids"], 0
         while i < len(ids):
             k = min(per_task, max(1, left // (4 * workers))) if workers else per_task
-            runs.append((s["name"], ids[i : i + k]))
+            run = ids[i : i + k]
+            runs.append((s["name"], run))
             i += k
-            left -= len(ids[i - k : i])
+            left -= len(run)
     return runs
 
 
